@@ -1,0 +1,1 @@
+"""SPADE agents and their message envelopes (grows with the agents issue)."""

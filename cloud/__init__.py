@@ -1,0 +1,1 @@
+"""The aggregator platform (grows with the market and agents issues)."""

@@ -1,0 +1,1 @@
+"""Device drivers: one per protocol, each implementing the typed capabilities."""

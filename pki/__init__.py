@@ -1,0 +1,1 @@
+"""Certificates, enrollment and signatures (grows with the trust issue)."""
