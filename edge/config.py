@@ -43,6 +43,9 @@ class ModbusDeviceConfig(Strict):
     unit: int = Field(1, ge=0, le=247)
     poll_s: float = Field(5.0, gt=0, description="poll interval, in the gateway clock's seconds")
     timeout_s: float = Field(1.0, gt=0, description="per request, in real seconds")
+    pause_s: float = Field(
+        0.0, ge=0, le=5, description="pause between requests on a shared bus, in real seconds"
+    )
 
 
 class ZigbeeDeviceConfig(Strict):
@@ -75,6 +78,7 @@ class StoreConfig(Strict):
 
 
 class GatewayConfig(Strict):
+    data_dir: Path = Field(description="where the gateway keeps its state (status, Zigbee database)")
     gateway_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
     clock: ClockConfig = ClockConfig()
     store: StoreConfig

@@ -1,0 +1,125 @@
+"""The `homeflex` command. Subcommands grow with the project: `edge` (the gateway), `demo`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from homeflex.configfile import ConfigError, load_config
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group()
+@click.version_option(package_name="homeflex")
+def main() -> None:
+    """Homeflex: the Energy Box gateway and the aggregator platform."""
+
+
+@main.group()
+def edge() -> None:
+    """The gateway that runs on the Energy Box."""
+
+
+def _gateway_config(path: Path):  # type: ignore[no-untyped-def]
+    from homeflex.edge.config import GatewayConfig
+
+    try:
+        return load_config(path, GatewayConfig)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration error\n{exc}") from None
+
+
+@edge.command("run")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="gateway configuration (YAML)")
+@click.option("-v", "--verbose", is_flag=True)
+def edge_run(config_path: Path, verbose: bool) -> None:
+    """Run the gateway daemon until SIGTERM or Ctrl-C."""
+    from homeflex.edge.gateway import Gateway
+
+    cfg = _gateway_config(config_path)
+    _setup_logging(verbose)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Gateway(cfg).run(stop)
+
+    asyncio.run(run())
+
+
+def _fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@edge.command("status")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def edge_status(config_path: Path, as_json: bool) -> None:
+    """Show the devices, their health and their last readings."""
+    from homeflex.edge.gateway import read_status
+    from homeflex.edge.store import Store
+
+    cfg = _gateway_config(config_path)
+    status = read_status(cfg.data_dir) or {"devices": []}
+    health = {d["device"]: d for d in status["devices"]}
+    store = Store.open(cfg.store.path)
+    try:
+        latest = store.latest()
+    finally:
+        store.close()
+    by_device: dict[str, list[dict[str, object]]] = {}
+    for r in latest:
+        by_device.setdefault(r.device, []).append(
+            {"quantity": str(r.quantity), "value": r.value, "ts": r.ts})
+    devices = []
+    for dev in cfg.devices:
+        h = health.get(dev.id, {})
+        devices.append({"id": dev.id, "protocol": dev.protocol, "template": dev.template,
+                        "state": h.get("state", "unknown"), "last_error": h.get("last_error"),
+                        "readings": sorted(by_device.get(dev.id, []), key=lambda x: str(x["quantity"]))})
+    if as_json:
+        click.echo(json.dumps({"gateway_id": cfg.gateway_id, "devices": devices}, indent=1))
+        return
+    click.echo(f"gateway {cfg.gateway_id}   store {cfg.store.path}")
+    for d in devices:
+        click.echo(f"\n{d['id']:<16} {d['protocol']:<7} {d['template']:<16} {d['state']}")
+        if d["last_error"] and d["state"] != "ok":
+            click.echo(f"    last error: {d['last_error']}")
+        for r in d["readings"]:  # type: ignore[attr-defined]
+            click.echo(f"    {r['quantity']:<16} {r['value']:>14.2f}   {_fmt_time(r['ts'])}")
+
+
+@main.command("demo")
+@click.option("--home", "home", type=click.Path(path_type=Path), default=None,
+              help="home description for firmware-sim (default: the detached example home)")
+@click.option("--speed", type=float, default=720.0, show_default=True,
+              help="simulated seconds per real second")
+@click.option("--hours", type=float, default=24.0, show_default=True, help="simulated hours")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("var/demo"), show_default=True)
+def demo(home: Path | None, speed: float, hours: float, workdir: Path) -> None:
+    """One simulated home and its gateway for a simulated day; prints a summary."""
+    from homeflex.demo import run_single_home
+
+    _setup_logging(False)
+    try:
+        summary = run_single_home(home, speed=speed, hours=hours, workdir=workdir)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary)
+    sys.exit(0)

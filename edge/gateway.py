@@ -1,0 +1,169 @@
+"""The gateway daemon: drivers poll devices, readings flow in batches into the store.
+
+One asyncio process. The store lives on a single worker thread (SQLite commits with fsync must not
+stall the event loop); everything else is a task on the loop. Nothing here stops because one
+device, the radio or a value misbehaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from homeflex.clock import Clock
+from homeflex.edge.config import GatewayConfig, ModbusDeviceConfig, ZigbeeDeviceConfig
+from homeflex.edge.devices.capabilities import Device, Reading
+from homeflex.edge.devices.modbus import ModbusDevice, ModbusLink
+from homeflex.edge.devices.templates import load_modbus_template
+from homeflex.edge.poller import Poller
+from homeflex.edge.store import Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BATCH_MAX = 5000
+FLUSH_EVERY_S = 0.5  # real seconds between store commits while readings arrive
+STATUS_EVERY_S = 2.0
+RETENTION_EVERY_S = 3600.0  # gateway-clock seconds
+RETENTION_CHUNK = 20_000
+
+
+class ZigbeeRadio(Protocol):
+    async def start(self) -> None: ...
+    def device(self, cfg: ZigbeeDeviceConfig) -> Device: ...
+    async def close(self) -> None: ...
+
+
+class Gateway:
+    def __init__(self, cfg: GatewayConfig, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or cfg.clock.build()
+        self.pollers: list[Poller] = []
+        self.links: dict[tuple[str, int], ModbusLink] = {}
+        self.zigbee: ZigbeeRadio | None = None
+        self._pending: list[Reading] = []
+        self._wake = asyncio.Event()
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.store: Store | None = None
+        self.written = 0
+
+    async def _db(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    async def start(self) -> None:
+        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = await self._db(Store.open, self.cfg.store.path)
+        if self.cfg.zigbee is not None:
+            from homeflex.edge.devices.zigbee import ZigbeeGateway  # only boxes with a radio need zigpy
+
+            self.zigbee = ZigbeeGateway(self.cfg.zigbee, self.cfg.data_dir, self.clock)
+            await self.zigbee.start()
+        for dev_cfg in self.cfg.devices:
+            device = self._build(dev_cfg)
+            self.pollers.append(Poller(device, dev_cfg.poll_s, self.clock, self._accept))
+        log.info("gateway %s: %d devices, store %s", self.cfg.gateway_id, len(self.pollers),
+                 self.cfg.store.path)
+
+    def _build(self, dev_cfg: ModbusDeviceConfig | ZigbeeDeviceConfig) -> Device:
+        if isinstance(dev_cfg, ModbusDeviceConfig):
+            template = load_modbus_template(dev_cfg.template)
+            key = (dev_cfg.host, dev_cfg.port)
+            link = self.links.get(key)
+            if link is None:
+                link = self.links[key] = ModbusLink(dev_cfg.host, dev_cfg.port, dev_cfg.timeout_s,
+                                                    dev_cfg.pause_s)
+            link.pause_s = max(link.pause_s, dev_cfg.pause_s)
+            return ModbusDevice(dev_cfg, template, link, self.clock)
+        assert self.zigbee is not None  # the config validator demands a radio for zigbee devices
+        return self.zigbee.device(dev_cfg)
+
+    def _accept(self, readings: list[Reading]) -> None:
+        self._pending.extend(readings)
+        if len(self._pending) >= BATCH_MAX:
+            self._wake.set()
+
+    async def _writer(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), FLUSH_EVERY_S)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Commit what has been read; on a store error keep the readings and try again later."""
+        if not self._pending or self.store is None:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            self.written += await self._db(self.store.write, batch)
+        except Exception:
+            log.exception("store: could not write %d readings; keeping them for the next attempt",
+                          len(batch))
+            self._pending = batch + self._pending
+
+    async def _status_writer(self) -> None:
+        while True:
+            self.write_status()
+            await asyncio.sleep(STATUS_EVERY_S)
+
+    def write_status(self) -> None:
+        """status.json: device health for `homeflex edge status` (written atomically)."""
+        status = {"gateway_id": self.cfg.gateway_id, "time": self.clock.now(), "pid": os.getpid(),
+                  "devices": [asdict(p.health) for p in self.pollers]}
+        path = self.cfg.data_dir / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status, indent=1))
+        os.replace(tmp, path)
+
+    async def _retention(self) -> None:
+        while True:
+            await self.clock.sleep(RETENTION_EVERY_S)
+            if self.store is not None:
+                removed = await self._db(self.store.apply_retention, self.clock.now(),
+                                         self.cfg.store.retention, RETENTION_CHUNK)
+                if removed:
+                    log.info("retention: downsampled or removed %d rows", removed)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        tasks = [asyncio.create_task(p.run(), name=f"poll-{p.device.id}") for p in self.pollers]
+        tasks += [asyncio.create_task(self._writer(), name="writer"),
+                  asyncio.create_task(self._status_writer(), name="status"),
+                  asyncio.create_task(self._retention(), name="retention")]
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.close()
+
+    async def close(self) -> None:
+        await self.flush()
+        self.write_status()
+        for p in self.pollers:
+            with contextlib.suppress(Exception):
+                await p.device.close()
+        for link in self.links.values():
+            link.close()
+        if self.zigbee is not None:
+            await self.zigbee.close()
+        if self.store is not None:
+            await self._db(self.store.close)
+        self._db_thread.shutdown(wait=True)
+
+
+def read_status(data_dir: Path) -> dict[str, Any] | None:
+    path = data_dir / "status.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data

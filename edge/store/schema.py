@@ -1,0 +1,88 @@
+"""The store's tables, versioned by `PRAGMA user_version`: one migration function per step.
+
+To change the schema, append a function that takes version N-1 to N; never edit a released one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlite_utils import Database
+
+
+def _v1_initial(db: Database) -> None:
+    # Names become small integers once (devices, series) so the big tables hold only numbers;
+    # WITHOUT ROWID clusters raw readings by (series, ts_ms), the order every query reads them in.
+    for statement in (
+        """CREATE TABLE devices (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE
+        ) STRICT""",
+        """CREATE TABLE series (
+            id INTEGER PRIMARY KEY,
+            device INTEGER NOT NULL REFERENCES devices(id),
+            quantity TEXT NOT NULL,
+            UNIQUE (device, quantity)
+        ) STRICT""",
+        """CREATE TABLE readings (
+            series INTEGER NOT NULL REFERENCES series(id),
+            ts_ms INTEGER NOT NULL,
+            value REAL NOT NULL,
+            PRIMARY KEY (series, ts_ms)
+        ) STRICT, WITHOUT ROWID""",
+        # The last reading taken into the aggregates, per counter and power series.
+        """CREATE TABLE series_state (
+            series INTEGER PRIMARY KEY REFERENCES series(id),
+            ts_ms INTEGER NOT NULL,
+            value REAL NOT NULL
+        ) STRICT""",
+        """CREATE TABLE ptu (
+            device INTEGER NOT NULL REFERENCES devices(id),
+            ptu_start_ms INTEGER NOT NULL,
+            import_wh REAL NOT NULL DEFAULT 0,
+            export_wh REAL NOT NULL DEFAULT 0,
+            estimated INTEGER NOT NULL DEFAULT 0,
+            power_sum_w REAL NOT NULL DEFAULT 0,
+            power_count INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (device, ptu_start_ms)
+        ) STRICT, WITHOUT ROWID""",
+        """CREATE TABLE downsampled (
+            series INTEGER NOT NULL REFERENCES series(id),
+            minute_ms INTEGER NOT NULL,
+            mean REAL NOT NULL,
+            min REAL NOT NULL,
+            max REAL NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (series, minute_ms)
+        ) STRICT, WITHOUT ROWID""",
+        """CREATE TABLE quality_events (
+            id INTEGER PRIMARY KEY,
+            series INTEGER NOT NULL REFERENCES series(id),
+            ts_ms INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            value REAL,
+            detail TEXT NOT NULL
+        ) STRICT""",
+        "CREATE INDEX quality_events_by_series_ts ON quality_events (series, ts_ms)",
+    ):
+        db.execute(statement)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial]
+"""MIGRATIONS[i] takes the schema from version i to version i + 1."""
+
+LATEST = len(MIGRATIONS)
+
+
+def user_version(db: Database) -> int:
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def migrate(db: Database) -> None:
+    """Bring `db` to LATEST, each step in its own transaction together with its version number,
+    so an interrupted upgrade resumes at the step it stopped in."""
+    for version in range(user_version(db), LATEST):
+        with db.atomic():
+            MIGRATIONS[version](db)
+            db.execute(f"PRAGMA user_version = {version + 1}")
