@@ -78,7 +78,7 @@ def edge_status(config_path: Path, as_json: bool) -> None:
     cfg = _gateway_config(config_path)
     status = read_status(cfg.data_dir) or {"devices": []}
     health = {d["device"]: d for d in status["devices"]}
-    store = Store.open(cfg.store.path)
+    store = Store.open(cfg.store.path, read_only=True)
     try:
         latest = store.latest()
     finally:
