@@ -123,3 +123,7 @@ def demo(home: Path | None, speed: float, hours: float, workdir: Path) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(summary)
     sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,8 +12,16 @@ class PvInverter:
     """A SimLoad with negative power (it delivers); `export_wh` counts the energy produced."""
 
     def __init__(
-        self, *, name: str, kwp: float, rated_w: float, tilt: float, azimuth: float,
-        latitude: float, longitude: float, weather: Weather,
+        self,
+        *,
+        name: str,
+        kwp: float,
+        rated_w: float,
+        tilt: float,
+        azimuth: float,
+        latitude: float,
+        longitude: float,
+        weather: Weather,
     ) -> None:
         self.name = name
         self.kwp = kwp

@@ -15,21 +15,31 @@ def sun_position(t: float, latitude: float, longitude: float) -> tuple[float, fl
     hour = (t % 86400.0) / 3600.0
     g = 2 * math.pi / 365 * (tm.tm_yday - 1 + (hour - 12) / 24)
     eqtime = 229.18 * (
-        0.000075 + 0.001868 * math.cos(g) - 0.032077 * math.sin(g)
-        - 0.014615 * math.cos(2 * g) - 0.040849 * math.sin(2 * g)
+        0.000075
+        + 0.001868 * math.cos(g)
+        - 0.032077 * math.sin(g)
+        - 0.014615 * math.cos(2 * g)
+        - 0.040849 * math.sin(2 * g)
     )
     decl = (
-        0.006918 - 0.399912 * math.cos(g) + 0.070257 * math.sin(g)
-        - 0.006758 * math.cos(2 * g) + 0.000907 * math.sin(2 * g)
-        - 0.002697 * math.cos(3 * g) + 0.00148 * math.sin(3 * g)
+        0.006918
+        - 0.399912 * math.cos(g)
+        + 0.070257 * math.sin(g)
+        - 0.006758 * math.cos(2 * g)
+        + 0.000907 * math.sin(2 * g)
+        - 0.002697 * math.cos(3 * g)
+        + 0.00148 * math.sin(3 * g)
     )
     solar_minutes = hour * 60 + eqtime + 4 * longitude
     ha = math.radians(solar_minutes / 4 - 180)
     lat = math.radians(latitude)
     cos_z = math.sin(lat) * math.sin(decl) + math.cos(lat) * math.cos(decl) * math.cos(ha)
-    azimuth = math.degrees(
-        math.atan2(math.sin(ha), math.cos(ha) * math.sin(lat) - math.tan(decl) * math.cos(lat))
-    ) + 180.0
+    azimuth = (
+        math.degrees(
+            math.atan2(math.sin(ha), math.cos(ha) * math.sin(lat) - math.tan(decl) * math.cos(lat))
+        )
+        + 180.0
+    )
     return max(-1.0, min(1.0, cos_z)), azimuth % 360.0
 
 
@@ -43,7 +53,8 @@ def clear_sky_ghi(cos_z: float) -> float:
 def plane_irradiance(
     t: float, latitude: float, longitude: float, tilt: float, azimuth: float
 ) -> float:
-    """Clear-sky irradiance on a panel tilted `tilt` degrees facing `azimuth` (180 = south), W/m²."""
+    """Clear-sky irradiance on a panel tilted `tilt` degrees facing `azimuth` (180 = south),
+    in W/m²."""
     cos_z, sun_az = sun_position(t, latitude, longitude)
     ghi = clear_sky_ghi(cos_z)
     if ghi == 0.0:

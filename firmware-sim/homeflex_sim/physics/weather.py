@@ -13,7 +13,12 @@ class Weather:
     """The weather of one home; deterministic for a given seed and start time."""
 
     def __init__(
-        self, *, mean_c: float, amplitude_c: float, cloudiness: float, utc_offset_h: float,
+        self,
+        *,
+        mean_c: float,
+        amplitude_c: float,
+        cloudiness: float,
+        utc_offset_h: float,
         seed: int,
     ) -> None:
         self.mean_c = mean_c

@@ -1,0 +1,215 @@
+"""The main job until the neighbourhood exists: one simulated home and its gateway, as two real
+processes meeting only on the wire, for a simulated day; then a summary checked against the
+simulated meter.
+
+The simulator is started as a program (`homeflex-sim`), never imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from homeflex.clock import PTU_SECONDS
+
+DEFAULT_START = datetime(2026, 6, 1, tzinfo=UTC)
+STARTUP_S = 4.0  # real seconds given to both processes to start before simulated time begins
+POLL_S = {"meter": 10.0, "pv": 10.0, "battery": 10.0, "heat_pump": 30.0, "ev_charger": 30.0}
+
+
+def _repo() -> Path:
+    return Path(__file__).resolve().parents[1] if (Path(__file__).resolve().parents[1] / "firmware-sim").is_dir() \
+        else Path.cwd()
+
+
+def _sim_command() -> list[str]:
+    exe = Path(sys.executable).parent / "homeflex-sim"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("homeflex-sim")
+    if found is None:
+        raise RuntimeError("homeflex-sim is not installed; run ./dev.sh demo, which installs it")
+    return [found]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"the simulator exited with code {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the simulator did not write {path} within {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
+def gateway_config(endpoints: dict[str, Any], home_file: Path, workdir: Path) -> dict[str, Any]:
+    """A gateway configuration for the simulated home described by the simulator's endpoints."""
+    clock = endpoints["clock"]
+    devices: list[dict[str, Any]] = []
+    for dev_id, ep in endpoints["devices"].items():
+        devices.append({"protocol": "modbus", "id": dev_id, "template": ep["template"],
+                        "host": ep["host"], "port": ep["port"], "unit": ep["unit"],
+                        "poll_s": POLL_S.get(ep["kind"], 15.0)})
+    cfg: dict[str, Any] = {
+        "gateway_id": f"sim-{endpoints['home']}",
+        "data_dir": str(workdir / "gateway"),
+        "store": {"path": str(workdir / "gateway" / "store.db")},
+        "clock": {"speed": clock["speed"],
+                  "start": datetime.fromtimestamp(clock["start"], UTC).isoformat(),
+                  "anchor": clock["anchor"]},
+        "devices": devices,
+    }
+    home = yaml.safe_load(home_file.read_text())
+    zigbee = home.get("zigbee") if isinstance(home, dict) else None
+    if zigbee and endpoints.get("zigbee"):
+        cfg["zigbee"] = {"radio": "homeflex-sim", "path": endpoints["zigbee"]}
+        for plug in zigbee.get("plugs", []):
+            devices.append({"protocol": "zigbee", "id": plug["id"], "template": "zigbee-plug",
+                            "ieee": plug["ieee"], "poll_s": 60.0})
+        for app in zigbee.get("appliances", []):
+            devices.append({"protocol": "zigbee", "id": app["id"], "template": "zigbee-appliance",
+                            "ieee": app["ieee"], "poll_s": 60.0})
+    return cfg
+
+
+@dataclass
+class MeterComparison:
+    """The gateway's stored PTU energies of the meter against the simulated meter's counters."""
+
+    ptus: int
+    max_rel_error: float  # over PTUs with at least 10 Wh, import and export apart
+    max_abs_error_wh: float
+    store_import_wh: float
+    sim_import_wh: float
+    store_export_wh: float
+    sim_export_wh: float
+
+
+def compare_meter(store_path: Path, meter_csv: Path, meter_id: str = "meter") -> MeterComparison:
+    """Compare every PTU that the gateway saw from start to end against the simulator's record."""
+    from homeflex.edge.devices.capabilities import Quantity
+    from homeflex.edge.store import Store
+
+    rows = list(csv.DictReader(meter_csv.open()))
+    sim = {float(r["sim_time"]): (float(r["import_wh"]), float(r["export_wh"])) for r in rows}
+    store = Store.open(store_path, read_only=True)
+    try:
+        ptus = store.ptu_energy(meter_id, min(sim) if sim else 0, max(sim) + 1 if sim else 0)
+        counters = store.readings(meter_id, Quantity.IMPORT_WH, 0, 1e12)
+        last_seen = counters[-1].ts if counters else 0.0
+    finally:
+        store.close()
+    n, max_rel, max_abs = 0, 0.0, 0.0
+    tot = [0.0, 0.0, 0.0, 0.0]
+    for p in ptus:
+        begin, end = sim.get(p.ptu_start), sim.get(p.ptu_start + PTU_SECONDS)
+        if begin is None or end is None or p.estimated or p.ptu_start + PTU_SECONDS > last_seen:
+            continue  # PTUs the gateway saw only in part (start-up, shut-down)
+        sim_imp, sim_exp = end[0] - begin[0], end[1] - begin[1]
+        n += 1
+        tot[0] += p.import_wh
+        tot[1] += sim_imp
+        tot[2] += p.export_wh
+        tot[3] += sim_exp
+        for got, want in ((p.import_wh, sim_imp), (p.export_wh, sim_exp)):
+            max_abs = max(max_abs, abs(got - want))
+            if want >= 10:
+                max_rel = max(max_rel, abs(got - want) / want)
+    return MeterComparison(n, max_rel, max_abs, tot[0], tot[1], tot[2], tot[3])
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_single_home(home: Path | None, *, speed: float, hours: float, workdir: Path,
+                    start: datetime = DEFAULT_START) -> str:
+    home_file = home or _repo() / "firmware-sim" / "homes" / "detached.yaml"
+    if not home_file.is_file():
+        raise RuntimeError(f"{home_file}: no such home description")
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    (workdir / "sim").mkdir(parents=True)
+    (workdir / "gateway").mkdir(parents=True)
+    anchor = time.time() + STARTUP_S
+    duration = hours * 3600
+    sim_log = (workdir / "sim.log").open("wb")
+    sim = subprocess.Popen([*_sim_command(), "run", str(home_file), "--state-dir", str(workdir / "sim"),
+                            "--speed", str(speed), "--start", start.isoformat(), "--anchor", str(anchor),
+                            "--duration", str(duration)], stdout=sim_log, stderr=subprocess.STDOUT)
+    gw: subprocess.Popen[bytes] | None = None
+    try:
+        _wait_for(workdir / "sim" / "endpoints.json", sim, 30)
+        endpoints = json.loads((workdir / "sim" / "endpoints.json").read_text())
+        cfg_path = workdir / "gateway.yaml"
+        cfg_path.write_text(yaml.safe_dump(gateway_config(endpoints, home_file, workdir), sort_keys=False))
+        gw_log = (workdir / "gateway.log").open("wb")
+        gw = subprocess.Popen([sys.executable, "-m", "homeflex.cli", "edge", "run", "--config", str(cfg_path)],
+                              stdout=gw_log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        real_s = STARTUP_S + duration / speed
+        print(f"simulating {hours:g} h of {home_file.stem} at {speed:g}x: about {real_s:.0f} s; "
+              f"logs in {workdir}", flush=True)
+        sim.wait(timeout=real_s + 60)
+        if sim.returncode != 0:
+            raise RuntimeError(f"the simulator failed (exit {sim.returncode}); see {workdir / 'sim.log'}")
+        if gw.poll() is not None:
+            raise RuntimeError(f"the gateway stopped (exit {gw.returncode}); see {workdir / 'gateway.log'}")
+    finally:
+        if gw is not None:
+            _stop(gw)
+        _stop(sim)
+    return summary(workdir, cfg_path)
+
+
+def summary(workdir: Path, cfg_path: Path) -> str:
+    from homeflex.configfile import load_config
+    from homeflex.edge.config import GatewayConfig
+    from homeflex.edge.devices.capabilities import Quantity
+    from homeflex.edge.quality import quality_report
+    from homeflex.edge.store import Store
+
+    cfg = load_config(cfg_path, GatewayConfig)
+    cmp = compare_meter(cfg.store.path, workdir / "sim" / "meter_ptu.csv")
+    lines = [f"home {cfg.gateway_id}: {cmp.ptus} complete PTUs stored",
+             f"  meter import  store {cmp.store_import_wh / 1000:9.3f} kWh   simulated meter "
+             f"{cmp.sim_import_wh / 1000:9.3f} kWh",
+             f"  meter export  store {cmp.store_export_wh / 1000:9.3f} kWh   simulated meter "
+             f"{cmp.sim_export_wh / 1000:9.3f} kWh",
+             f"  largest per-PTU difference: {cmp.max_rel_error * 100:.4f} % "
+             f"({cmp.max_abs_error_wh:.3f} Wh)"]
+    store = Store.open(cfg.store.path, read_only=True)
+    try:
+        lines.append("  energy per device over the run (import / export, kWh):")
+        for dev in cfg.devices:
+            ptus = store.ptu_energy(dev.id, 0, 1e12)
+            imp = sum(p.import_wh for p in ptus) / 1000
+            exp = sum(p.export_wh for p in ptus) / 1000
+            lines.append(f"    {dev.id:<14} {imp:8.3f} / {exp:8.3f}")
+        meter = next((d for d in cfg.devices if d.id == "meter"), None)
+        if meter is not None:
+            readings = store.readings("meter", Quantity.POWER_W, 0, 1e12)
+            if readings:
+                q = quality_report(store, "meter", readings[0].ts, readings[-1].ts, meter.poll_s)
+                lines.append(f"  meter data path: {q.effectiveness_pct:.1f} % effective, "
+                             f"{len(q.gaps)} gaps, {len(q.outliers)} outliers")
+    finally:
+        store.close()
+    return "\n".join(lines)

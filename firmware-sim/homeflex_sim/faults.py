@@ -1,0 +1,25 @@
+"""Faults a device can be told to show, at start (home file) or at run time (control channel)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODBUS_FAULTS = ("timeout", "exception", "nan", "out_of_range", "drop", "single_client")
+"""timeout: no response · exception: answer every request with exception `code` · nan: float
+registers read NaN · out_of_range: measurements show the "not available" pattern (integers) or an
+absurd value (floats) · drop: close the client's connection on its next request · single_client:
+the server keeps one TCP client and closes any further connection at once."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    code: int = 4
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODBUS_FAULTS:
+            raise ValueError(
+                f"unknown fault {self.kind!r}; use one of {', '.join(MODBUS_FAULTS)} or clear"
+            )
+        if not 1 <= self.code <= 255:
+            raise ValueError(f"exception code {self.code} is outside 1..255")
