@@ -54,6 +54,7 @@ class ZigbeeDeviceConfig(Strict):
     template: str = Field(description="name of a device template, e.g. `zigbee-plug`")
     ieee: str = Field(pattern=r"^([0-9a-f]{2}:){7}[0-9a-f]{2}$")
     poll_s: float = Field(60.0, gt=0, description="poll interval when the device does not report")
+    timeout_s: float = Field(2.0, gt=0, description="per request and attempt, in real seconds")
 
 
 DeviceConfig = Annotated[ModbusDeviceConfig | ZigbeeDeviceConfig, Field(discriminator="protocol")]

@@ -35,8 +35,13 @@ RETENTION_EVERY_S = 3600.0  # gateway-clock seconds
 RETENTION_CHUNK = 20_000
 
 
+PAIRING_WINDOW_S = 254  # the longest permit-join Zigbee allows in one request
+
+
 class ZigbeeRadio(Protocol):
     async def start(self) -> None: ...
+    async def permit_join(self, seconds: int) -> None: ...
+    def missing(self) -> list[str]: ...
     def device(self, cfg: ZigbeeDeviceConfig) -> Device: ...
     async def close(self) -> None: ...
 
@@ -70,6 +75,20 @@ class Gateway:
             self.pollers.append(Poller(device, dev_cfg.poll_s, self.clock, self._accept))
         log.info("gateway %s: %d devices, store %s", self.cfg.gateway_id, len(self.pollers),
                  self.cfg.store.path)
+        await self._pair_missing()
+
+    async def _pair_missing(self) -> None:
+        """Open the Zigbee network for a while only if configured devices have never joined:
+        an always-open network would let any device in."""
+        if self.zigbee is None or not self.zigbee.missing():
+            return
+        try:
+            await self.zigbee.permit_join(PAIRING_WINDOW_S)
+        except Exception as exc:  # the radio may still be coming up; pairing can wait
+            log.warning("zigbee: cannot open pairing (%s)", exc)
+            return
+        log.info("zigbee: not yet paired: %s; network open for pairing for %d s",
+                 ", ".join(self.zigbee.missing()), PAIRING_WINDOW_S)
 
     def _build(self, dev_cfg: ModbusDeviceConfig | ZigbeeDeviceConfig) -> Device:
         if isinstance(dev_cfg, ModbusDeviceConfig):

@@ -22,6 +22,7 @@ class Quantity(enum.StrEnum):
     VOLTAGE_L1_V = "voltage_l1_v"
     VOLTAGE_L2_V = "voltage_l2_v"
     VOLTAGE_L3_V = "voltage_l3_v"
+    VOLTAGE_V = "voltage_v"  # supply voltage of a single-phase device (e.g. a smart plug)
     CURRENT_A = "current_a"
     IMPORT_WH = "import_wh"  # cumulative energy taken from the grid (or used by a device)
     EXPORT_WH = "export_wh"  # cumulative energy fed into the grid (or produced by a device)

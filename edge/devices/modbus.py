@@ -147,30 +147,40 @@ class ModbusDevice:
         return readings
 
     def _decode(self, block: Block, words: list[int]) -> list[Reading]:
-        ts = self.clock.now()
         values: dict[str, float] = {}
         for reg in block.registers:
             offset = reg.address - block.address
-            raw = words[offset:offset + reg.words]
+            raw = words[offset : offset + reg.words]
             try:
                 values[reg.name] = reg.decode(raw)
             except ValueError as exc:
                 hexwords = " ".join(f"{w:04x}" for w in raw)
-                problem = (f"{self.id}: register {reg.name} ({reg.table} {reg.address}, raw {hexwords}): "
-                           f"{exc}; value ignored")
+                problem = (
+                    f"{self.id}: register {reg.name} ({reg.table} {reg.address}, raw {hexwords}): "
+                    f"{exc}; value ignored"
+                )
                 log.warning(problem)
                 self.problems.append(problem)
-        if CLOCK_REGISTER in values:
-            # The device's own clock, read in the same request as the values it stamps.
-            ts = values.pop(CLOCK_REGISTER)
+        # Values are stamped with the device's own clock when it has one, read in the same
+        # request; latched values (a meter's interval registers) with the instant they hold.
+        now = values.get(CLOCK_REGISTER, self.clock.now())
+        timestamps = {CLOCK_REGISTER} | {r.timestamp for r in block.registers if r.timestamp}
         out = []
-        for name, value in values.items():
+        for reg in block.registers:
+            if reg.name not in values or reg.name in timestamps:
+                continue
             try:
-                quantity = Quantity(name)
+                quantity = Quantity(reg.quantity or reg.name)
             except ValueError:
                 continue  # a register the template reads for its own reasons (ratings, limits)
-            out.append(Reading(self.id, quantity, ts, value))
-        return out
+            ts = now
+            if reg.timestamp is not None:
+                if not values.get(reg.timestamp):
+                    continue  # nothing latched yet (or its instant was unreadable)
+                ts = values[reg.timestamp]
+            out.append(Reading(self.id, quantity, ts, values[reg.name]))
+        # oldest first, so a latched counter reaches the store before the live one
+        return sorted(out, key=lambda r: r.ts)
 
     async def read_register(self, name: str) -> float:
         reg = self.template.register(name)

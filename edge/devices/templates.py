@@ -33,6 +33,10 @@ class Register(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="a Quantity name (power_w, import_wh, …) or `clock_s`")
+    quantity: str | None = Field(None, description="the Quantity it measures, if not its name")
+    timestamp: str | None = Field(
+        None, description="register holding the instant of this value (default: clock_s)"
+    )
     address: int = Field(ge=0, le=65535)
     table: Literal["input", "holding"]
     type: RegisterType
@@ -106,6 +110,8 @@ class ModbusTemplate(BaseModel):
                 if start < end:
                     raise ValueError(f"{table} registers {a} and {b} overlap")
         for r in self.registers:
+            if r.timestamp is not None and r.timestamp not in names:
+                raise ValueError(f"register {r.name}: timestamp register {r.timestamp!r} is missing")
             if r.writable and r.table != "holding":
                 raise ValueError(f"register {r.name}: only holding registers can be writable")
         return self

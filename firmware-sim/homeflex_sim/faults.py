@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODBUS_FAULTS = ("timeout", "exception", "nan", "out_of_range", "drop", "single_client")
+MODBUS_FAULTS = (
+    "timeout", "exception", "nan", "out_of_range", "drop", "single_client", "ignore_writes"
+)
 """timeout: no response · exception: answer every request with exception `code` · nan: float
 registers read NaN · out_of_range: measurements show the "not available" pattern (integers) or an
 absurd value (floats) · drop: close the client's connection on its next request · single_client:
-the server keeps one TCP client and closes any further connection at once."""
+the server keeps one TCP client and closes any further connection at once · ignore_writes:
+writes are acknowledged but not applied (a device in local-control mode)."""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ from homeflex_sim.physics.weather import Weather
 from homeflex_sim.register_device import RegisterDevice
 from homeflex_sim.templates import load_template
 
+INTERVAL_S = 900  # the meter's load-profile interval: one PTU
+
 
 def _seconds_of_day(hhmm: str) -> int:
     hours, minutes = hhmm.split(":")
@@ -160,6 +162,8 @@ class Home:
             load.step(t, dt)
         self.meter.integrate(dt)
         self.t = t + dt
+        if self.t % INTERVAL_S == 0:
+            self.meter.close_interval(self.t)
         if self.zigbee is not None:
             self.zigbee.after_step(self.t)
         self.refresh()

@@ -49,7 +49,10 @@ class _Units:
     ) -> ExcCodes | None:
         if _TABLE.get(func_code) != "holding":
             return ExcCodes.ILLEGAL_FUNCTION
-        code = self._device(unit).write(address, [int(v) for v in values])
+        device = self._device(unit)
+        if device.fault is not None and device.fault.kind == "ignore_writes":
+            return None  # acknowledged, never applied: only reading back shows it
+        code = device.write(address, [int(v) for v in values])
         return None if code is None else ExcCodes(code)
 
 

@@ -8,7 +8,7 @@ import struct
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import WINTER, battery, ev, heat_pump, home_spec, pv
+from tests.sim.conftest import WINTER, battery, ev, heat_pump, home_spec, pv
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 

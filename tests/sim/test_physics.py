@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import SUMMER, WINTER, battery, ev, heat_pump, home_spec, pv
+from tests.sim.conftest import SUMMER, WINTER, battery, ev, heat_pump, home_spec, pv
 
 from homeflex_sim.home import Home
 from homeflex_sim.physics.solar import sun_position

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SUMMER
+from tests.sim.conftest import SUMMER
 from pymodbus.client import AsyncModbusTcpClient
 
 from homeflex_sim.clock import SimClock, first_step

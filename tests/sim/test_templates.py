@@ -6,7 +6,7 @@ import math
 import struct
 
 import pytest
-from conftest import WINTER, battery, ev, heat_pump, home_spec, pv
+from tests.sim.conftest import WINTER, battery, ev, heat_pump, home_spec, pv
 
 from homeflex_sim.home import Home
 from homeflex_sim.templates import TEMPLATE_DIR, Register, load_template

@@ -27,6 +27,12 @@ class Meter:
         self.voltage_l1_v = self.voltage_l2_v = self.voltage_l3_v = NOMINAL_V
         self.import_wh = 0.0
         self.export_wh = 0.0
+        # The counters as they were at the end of the last completed 15-minute interval, like the
+        # interval (load-profile) registers of a smart meter: exact per-PTU energy for whoever
+        # reads the meter at least once per interval, however late.
+        self.interval_end_s = 0.0
+        self.interval_import_wh = 0.0
+        self.interval_export_wh = 0.0
 
     def integrate(self, dt: float) -> None:
         """Add up the loads' power over the step just taken and count its energy."""
@@ -51,3 +57,9 @@ class Meter:
             self.import_wh += net * dt / 3600.0
         else:
             self.export_wh -= net * dt / 3600.0
+
+    def close_interval(self, t: float) -> None:
+        """Latch the counters at simulated time `t`, the end of an interval."""
+        self.interval_end_s = t
+        self.interval_import_wh = self.import_wh
+        self.interval_export_wh = self.export_wh
