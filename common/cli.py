@@ -16,8 +16,10 @@ from homeflex.configfile import ConfigError, load_config
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 @click.group()
@@ -41,8 +43,13 @@ def _gateway_config(path: Path):  # type: ignore[no-untyped-def]
 
 
 @edge.command("run")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
-              help="gateway configuration (YAML)")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="gateway configuration (YAML)",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def edge_run(config_path: Path, verbose: bool) -> None:
     """Run the gateway daemon until SIGTERM or Ctrl-C."""
@@ -86,13 +93,21 @@ def edge_status(config_path: Path, as_json: bool) -> None:
     by_device: dict[str, list[dict[str, object]]] = {}
     for r in latest:
         by_device.setdefault(r.device, []).append(
-            {"quantity": str(r.quantity), "value": r.value, "ts": r.ts})
+            {"quantity": str(r.quantity), "value": r.value, "ts": r.ts}
+        )
     devices = []
     for dev in cfg.devices:
         h = health.get(dev.id, {})
-        devices.append({"id": dev.id, "protocol": dev.protocol, "template": dev.template,
-                        "state": h.get("state", "unknown"), "last_error": h.get("last_error"),
-                        "readings": sorted(by_device.get(dev.id, []), key=lambda x: str(x["quantity"]))})
+        devices.append(
+            {
+                "id": dev.id,
+                "protocol": dev.protocol,
+                "template": dev.template,
+                "state": h.get("state", "unknown"),
+                "last_error": h.get("last_error"),
+                "readings": sorted(by_device.get(dev.id, []), key=lambda x: str(x["quantity"])),
+            }
+        )
     if as_json:
         click.echo(json.dumps({"gateway_id": cfg.gateway_id, "devices": devices}, indent=1))
         return
@@ -101,17 +116,29 @@ def edge_status(config_path: Path, as_json: bool) -> None:
         click.echo(f"\n{d['id']:<16} {d['protocol']:<7} {d['template']:<16} {d['state']}")
         if d["last_error"] and d["state"] != "ok":
             click.echo(f"    last error: {d['last_error']}")
-        for r in d["readings"]:  # type: ignore[attr-defined]
+        for r in d["readings"]:
             click.echo(f"    {r['quantity']:<16} {r['value']:>14.2f}   {_fmt_time(r['ts'])}")
 
 
 @main.command("demo")
-@click.option("--home", "home", type=click.Path(path_type=Path), default=None,
-              help="home description for firmware-sim (default: the detached example home)")
-@click.option("--speed", type=float, default=720.0, show_default=True,
-              help="simulated seconds per real second")
+@click.option(
+    "--home",
+    "home",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="home description for firmware-sim (default: the detached example home)",
+)
+@click.option(
+    "--speed",
+    type=float,
+    default=720.0,
+    show_default=True,
+    help="simulated seconds per real second",
+)
 @click.option("--hours", type=float, default=24.0, show_default=True, help="simulated hours")
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("var/demo"), show_default=True)
+@click.option(
+    "--workdir", type=click.Path(path_type=Path), default=Path("var/demo"), show_default=True
+)
 def demo(home: Path | None, speed: float, hours: float, workdir: Path) -> None:
     """One simulated home and its gateway for a simulated day; prints a summary."""
     from homeflex.demo import run_single_home

@@ -43,7 +43,7 @@ class SystemClock:
 
 @dataclass(frozen=True)
 class ScaledClock:
-    """Simulated time: `start` at wall time `anchor`, advancing `speed` times faster than real time."""
+    """Simulated time: `start` at wall time `anchor`, `speed` times faster than real time."""
 
     start: float
     speed: float
@@ -68,5 +68,5 @@ PTU_SECONDS = 900
 
 
 def ptu_start(instant: float) -> float:
-    """The start of the PTU that contains `instant` (PTUs are aligned to the Unix epoch, i.e. UTC)."""
+    """The start of the PTU that holds `instant` (PTUs are aligned to the Unix epoch, i.e. UTC)."""
     return instant - (instant % PTU_SECONDS)

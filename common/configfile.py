@@ -65,7 +65,9 @@ def parse_config(text: str, model: type[M], source: str) -> M:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}:1: the file must hold a mapping of settings, not {type(data).__name__}")
+        raise ConfigError(
+            f"{source}:1: the file must hold a mapping of settings, not {type(data).__name__}"
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:

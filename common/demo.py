@@ -30,8 +30,11 @@ POLL_S = {"meter": 10.0, "pv": 10.0, "battery": 10.0, "heat_pump": 30.0, "ev_cha
 
 
 def _repo() -> Path:
-    return Path(__file__).resolve().parents[1] if (Path(__file__).resolve().parents[1] / "firmware-sim").is_dir() \
+    return (
+        Path(__file__).resolve().parents[1]
+        if (Path(__file__).resolve().parents[1] / "firmware-sim").is_dir()
         else Path.cwd()
+    )
 
 
 def _sim_command() -> list[str]:
@@ -48,7 +51,9 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> No
     deadline = time.monotonic() + timeout_s
     while not path.exists():
         if proc.poll() is not None:
-            raise RuntimeError(f"the simulator exited with code {proc.returncode} before it was ready")
+            raise RuntimeError(
+                f"the simulator exited with code {proc.returncode} before it was ready"
+            )
         if time.monotonic() > deadline:
             raise RuntimeError(f"the simulator did not write {path} within {timeout_s:.0f} s")
         time.sleep(0.05)
@@ -59,16 +64,26 @@ def gateway_config(endpoints: dict[str, Any], home_file: Path, workdir: Path) ->
     clock = endpoints["clock"]
     devices: list[dict[str, Any]] = []
     for dev_id, ep in endpoints["devices"].items():
-        devices.append({"protocol": "modbus", "id": dev_id, "template": ep["template"],
-                        "host": ep["host"], "port": ep["port"], "unit": ep["unit"],
-                        "poll_s": POLL_S.get(ep["kind"], 15.0)})
+        devices.append(
+            {
+                "protocol": "modbus",
+                "id": dev_id,
+                "template": ep["template"],
+                "host": ep["host"],
+                "port": ep["port"],
+                "unit": ep["unit"],
+                "poll_s": POLL_S.get(ep["kind"], 15.0),
+            }
+        )
     cfg: dict[str, Any] = {
         "gateway_id": f"sim-{endpoints['home']}",
         "data_dir": str(workdir / "gateway"),
         "store": {"path": str(workdir / "gateway" / "store.db")},
-        "clock": {"speed": clock["speed"],
-                  "start": datetime.fromtimestamp(clock["start"], UTC).isoformat(),
-                  "anchor": clock["anchor"]},
+        "clock": {
+            "speed": clock["speed"],
+            "start": datetime.fromtimestamp(clock["start"], UTC).isoformat(),
+            "anchor": clock["anchor"],
+        },
         "devices": devices,
     }
     home = yaml.safe_load(home_file.read_text())
@@ -76,11 +91,25 @@ def gateway_config(endpoints: dict[str, Any], home_file: Path, workdir: Path) ->
     if zigbee and endpoints.get("zigbee"):
         cfg["zigbee"] = {"radio": "homeflex-sim", "path": endpoints["zigbee"]}
         for plug in zigbee.get("plugs", []):
-            devices.append({"protocol": "zigbee", "id": plug["id"], "template": "zigbee-plug",
-                            "ieee": plug["ieee"], "poll_s": 60.0})
+            devices.append(
+                {
+                    "protocol": "zigbee",
+                    "id": plug["id"],
+                    "template": "zigbee-plug",
+                    "ieee": plug["ieee"],
+                    "poll_s": 60.0,
+                }
+            )
         for app in zigbee.get("appliances", []):
-            devices.append({"protocol": "zigbee", "id": app["id"], "template": "zigbee-appliance",
-                            "ieee": app["ieee"], "poll_s": 60.0})
+            devices.append(
+                {
+                    "protocol": "zigbee",
+                    "id": app["id"],
+                    "template": "zigbee-appliance",
+                    "ieee": app["ieee"],
+                    "poll_s": 60.0,
+                }
+            )
     return cfg
 
 
@@ -140,8 +169,9 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
             proc.wait()
 
 
-def run_single_home(home: Path | None, *, speed: float, hours: float, workdir: Path,
-                    start: datetime = DEFAULT_START) -> str:
+def run_single_home(
+    home: Path | None, *, speed: float, hours: float, workdir: Path, start: datetime = DEFAULT_START
+) -> str:
     home_file = home or _repo() / "firmware-sim" / "homes" / "detached.yaml"
     if not home_file.is_file():
         raise RuntimeError(f"{home_file}: no such home description")
@@ -152,26 +182,55 @@ def run_single_home(home: Path | None, *, speed: float, hours: float, workdir: P
     anchor = time.time() + STARTUP_S
     duration = hours * 3600
     sim_log = (workdir / "sim.log").open("wb")
-    sim = subprocess.Popen([*_sim_command(), "run", str(home_file), "--state-dir", str(workdir / "sim"),
-                            "--speed", str(speed), "--start", start.isoformat(), "--anchor", str(anchor),
-                            "--duration", str(duration)], stdout=sim_log, stderr=subprocess.STDOUT)
+    sim = subprocess.Popen(
+        [
+            *_sim_command(),
+            "run",
+            str(home_file),
+            "--state-dir",
+            str(workdir / "sim"),
+            "--speed",
+            str(speed),
+            "--start",
+            start.isoformat(),
+            "--anchor",
+            str(anchor),
+            "--duration",
+            str(duration),
+        ],
+        stdout=sim_log,
+        stderr=subprocess.STDOUT,
+    )
     gw: subprocess.Popen[bytes] | None = None
     try:
         _wait_for(workdir / "sim" / "endpoints.json", sim, 30)
         endpoints = json.loads((workdir / "sim" / "endpoints.json").read_text())
         cfg_path = workdir / "gateway.yaml"
-        cfg_path.write_text(yaml.safe_dump(gateway_config(endpoints, home_file, workdir), sort_keys=False))
+        cfg_path.write_text(
+            yaml.safe_dump(gateway_config(endpoints, home_file, workdir), sort_keys=False)
+        )
         gw_log = (workdir / "gateway.log").open("wb")
-        gw = subprocess.Popen([sys.executable, "-m", "homeflex.cli", "edge", "run", "--config", str(cfg_path)],
-                              stdout=gw_log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        gw = subprocess.Popen(
+            [sys.executable, "-m", "homeflex.cli", "edge", "run", "--config", str(cfg_path)],
+            stdout=gw_log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         real_s = STARTUP_S + duration / speed
-        print(f"simulating {hours:g} h of {home_file.stem} at {speed:g}x: about {real_s:.0f} s; "
-              f"logs in {workdir}", flush=True)
+        print(
+            f"simulating {hours:g} h of {home_file.stem} at {speed:g}x: about {real_s:.0f} s; "
+            f"logs in {workdir}",
+            flush=True,
+        )
         sim.wait(timeout=real_s + 60)
         if sim.returncode != 0:
-            raise RuntimeError(f"the simulator failed (exit {sim.returncode}); see {workdir / 'sim.log'}")
+            raise RuntimeError(
+                f"the simulator failed (exit {sim.returncode}); see {workdir / 'sim.log'}"
+            )
         if gw.poll() is not None:
-            raise RuntimeError(f"the gateway stopped (exit {gw.returncode}); see {workdir / 'gateway.log'}")
+            raise RuntimeError(
+                f"the gateway stopped (exit {gw.returncode}); see {workdir / 'gateway.log'}"
+            )
     finally:
         if gw is not None:
             _stop(gw)
@@ -188,13 +247,15 @@ def summary(workdir: Path, cfg_path: Path) -> str:
 
     cfg = load_config(cfg_path, GatewayConfig)
     cmp = compare_meter(cfg.store.path, workdir / "sim" / "meter_ptu.csv")
-    lines = [f"home {cfg.gateway_id}: {cmp.ptus} complete PTUs stored",
-             f"  meter import  store {cmp.store_import_wh / 1000:9.3f} kWh   simulated meter "
-             f"{cmp.sim_import_wh / 1000:9.3f} kWh",
-             f"  meter export  store {cmp.store_export_wh / 1000:9.3f} kWh   simulated meter "
-             f"{cmp.sim_export_wh / 1000:9.3f} kWh",
-             f"  largest per-PTU difference: {cmp.max_rel_error * 100:.4f} % "
-             f"({cmp.max_abs_error_wh:.3f} Wh)"]
+    lines = [
+        f"home {cfg.gateway_id}: {cmp.ptus} complete PTUs stored",
+        f"  meter import  store {cmp.store_import_wh / 1000:9.3f} kWh   simulated meter "
+        f"{cmp.sim_import_wh / 1000:9.3f} kWh",
+        f"  meter export  store {cmp.store_export_wh / 1000:9.3f} kWh   simulated meter "
+        f"{cmp.sim_export_wh / 1000:9.3f} kWh",
+        f"  largest per-PTU difference: {cmp.max_rel_error * 100:.4f} % "
+        f"({cmp.max_abs_error_wh:.3f} Wh)",
+    ]
     store = Store.open(cfg.store.path, read_only=True)
     try:
         lines.append("  energy per device over the run (import / export, kWh):")
@@ -208,8 +269,10 @@ def summary(workdir: Path, cfg_path: Path) -> str:
             readings = store.readings("meter", Quantity.POWER_W, 0, 1e12)
             if readings:
                 q = quality_report(store, "meter", readings[0].ts, readings[-1].ts, meter.poll_s)
-                lines.append(f"  meter data path: {q.effectiveness_pct:.1f} % effective, "
-                             f"{len(q.gaps)} gaps, {len(q.outliers)} outliers")
+                lines.append(
+                    f"  meter data path: {q.effectiveness_pct:.1f} % effective, "
+                    f"{len(q.gaps)} gaps, {len(q.outliers)} outliers"
+                )
     finally:
         store.close()
     return "\n".join(lines)

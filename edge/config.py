@@ -79,7 +79,9 @@ class StoreConfig(Strict):
 
 
 class GatewayConfig(Strict):
-    data_dir: Path = Field(description="where the gateway keeps its state (status, Zigbee database)")
+    data_dir: Path = Field(
+        description="where the gateway keeps its state (status, Zigbee database)"
+    )
     gateway_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
     clock: ClockConfig = ClockConfig()
     store: StoreConfig

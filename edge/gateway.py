@@ -35,13 +35,8 @@ RETENTION_EVERY_S = 3600.0  # gateway-clock seconds
 RETENTION_CHUNK = 20_000
 
 
-PAIRING_WINDOW_S = 254  # the longest permit-join Zigbee allows in one request
-
-
 class ZigbeeRadio(Protocol):
     async def start(self) -> None: ...
-    async def permit_join(self, seconds: int) -> None: ...
-    def missing(self) -> list[str]: ...
     def device(self, cfg: ZigbeeDeviceConfig) -> Device: ...
     async def close(self) -> None: ...
 
@@ -66,29 +61,22 @@ class Gateway:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = await self._db(Store.open, self.cfg.store.path)
         if self.cfg.zigbee is not None:
-            from homeflex.edge.devices.zigbee import ZigbeeGateway  # only boxes with a radio need zigpy
+            from homeflex.edge.devices.zigbee import (
+                ZigbeeGateway,  # only boxes with a radio need zigpy
+            )
 
             self.zigbee = ZigbeeGateway(self.cfg.zigbee, self.cfg.data_dir, self.clock)
-            await self.zigbee.start()
         for dev_cfg in self.cfg.devices:
             device = self._build(dev_cfg)
             self.pollers.append(Poller(device, dev_cfg.poll_s, self.clock, self._accept))
-        log.info("gateway %s: %d devices, store %s", self.cfg.gateway_id, len(self.pollers),
-                 self.cfg.store.path)
-        await self._pair_missing()
-
-    async def _pair_missing(self) -> None:
-        """Open the Zigbee network for a while only if configured devices have never joined:
-        an always-open network would let any device in."""
-        if self.zigbee is None or not self.zigbee.missing():
-            return
-        try:
-            await self.zigbee.permit_join(PAIRING_WINDOW_S)
-        except Exception as exc:  # the radio may still be coming up; pairing can wait
-            log.warning("zigbee: cannot open pairing (%s)", exc)
-            return
-        log.info("zigbee: not yet paired: %s; network open for pairing for %d s",
-                 ", ".join(self.zigbee.missing()), PAIRING_WINDOW_S)
+        if self.zigbee is not None:
+            await self.zigbee.start()  # after the drivers exist: it pairs the ones not yet joined
+        log.info(
+            "gateway %s: %d devices, store %s",
+            self.cfg.gateway_id,
+            len(self.pollers),
+            self.cfg.store.path,
+        )
 
     def _build(self, dev_cfg: ModbusDeviceConfig | ZigbeeDeviceConfig) -> Device:
         if isinstance(dev_cfg, ModbusDeviceConfig):
@@ -96,8 +84,9 @@ class Gateway:
             key = (dev_cfg.host, dev_cfg.port)
             link = self.links.get(key)
             if link is None:
-                link = self.links[key] = ModbusLink(dev_cfg.host, dev_cfg.port, dev_cfg.timeout_s,
-                                                    dev_cfg.pause_s)
+                link = self.links[key] = ModbusLink(
+                    dev_cfg.host, dev_cfg.port, dev_cfg.timeout_s, dev_cfg.pause_s
+                )
             link.pause_s = max(link.pause_s, dev_cfg.pause_s)
             return ModbusDevice(dev_cfg, template, link, self.clock)
         assert self.zigbee is not None  # the config validator demands a radio for zigbee devices
@@ -123,8 +112,9 @@ class Gateway:
         try:
             self.written += await self._db(self.store.write, batch)
         except Exception:
-            log.exception("store: could not write %d readings; keeping them for the next attempt",
-                          len(batch))
+            log.exception(
+                "store: could not write %d readings; keeping them for the next attempt", len(batch)
+            )
             self._pending = batch + self._pending
 
     async def _status_writer(self) -> None:
@@ -134,8 +124,12 @@ class Gateway:
 
     def write_status(self) -> None:
         """status.json: device health for `homeflex edge status` (written atomically)."""
-        status = {"gateway_id": self.cfg.gateway_id, "time": self.clock.now(), "pid": os.getpid(),
-                  "devices": [asdict(p.health) for p in self.pollers]}
+        status = {
+            "gateway_id": self.cfg.gateway_id,
+            "time": self.clock.now(),
+            "pid": os.getpid(),
+            "devices": [asdict(p.health) for p in self.pollers],
+        }
         path = self.cfg.data_dir / "status.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status, indent=1))
@@ -145,24 +139,32 @@ class Gateway:
         while True:
             await self.clock.sleep(RETENTION_EVERY_S)
             if self.store is not None:
-                removed = await self._db(self.store.apply_retention, self.clock.now(),
-                                         self.cfg.store.retention, RETENTION_CHUNK)
+                removed = await self._db(
+                    self.store.apply_retention,
+                    self.clock.now(),
+                    self.cfg.store.retention,
+                    RETENTION_CHUNK,
+                )
                 if removed:
                     log.info("retention: downsampled or removed %d rows", removed)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
         tasks = [asyncio.create_task(p.run(), name=f"poll-{p.device.id}") for p in self.pollers]
-        tasks += [asyncio.create_task(self._writer(), name="writer"),
-                  asyncio.create_task(self._status_writer(), name="status"),
-                  asyncio.create_task(self._retention(), name="retention")]
+        tasks += [
+            asyncio.create_task(self._writer(), name="writer"),
+            asyncio.create_task(self._status_writer(), name="status"),
+            asyncio.create_task(self._retention(), name="retention"),
+        ]
         try:
             await stop.wait()
         finally:
+            log.info("gateway %s stopping", self.cfg.gateway_id)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.close()
+            log.info("gateway %s stopped; %d readings stored", self.cfg.gateway_id, self.written)
 
     async def close(self) -> None:
         await self.flush()

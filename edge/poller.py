@@ -6,7 +6,6 @@ apart) and is logged when it fails and when it recovers, not at every attempt.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,8 +30,9 @@ class DeviceHealth:
 
 
 class Poller:
-    def __init__(self, device: Device, interval_s: float, clock: Clock,
-                 sink: Callable[[list[Reading]], None]) -> None:
+    def __init__(
+        self, device: Device, interval_s: float, clock: Clock, sink: Callable[[list[Reading]], None]
+    ) -> None:
         self.device = device
         self.interval_s = interval_s
         self.clock = clock
@@ -47,7 +47,7 @@ class Poller:
     def _next_due(self) -> float:
         """Polls fall on multiples of the interval (aligned to the epoch), so a meter read every
         5 s is read on every PTU boundary; a failing device waits longer and longer."""
-        step = self.interval_s * min(MAX_BACKOFF_POLLS, 2 ** self.health.failures)
+        step = self.interval_s * float(min(MAX_BACKOFF_POLLS, 2**self.health.failures))
         now = self.clock.now()
         return now - (now % step) + step
 

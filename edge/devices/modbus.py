@@ -28,9 +28,16 @@ from homeflex.edge.devices.templates import Block, ModbusTemplate, Register
 
 log = logging.getLogger(__name__)
 
-EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
-                   4: "device failure", 5: "acknowledge", 6: "device busy",
-                   10: "gateway path unavailable", 11: "gateway target failed to respond"}
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
 
 CLOCK_REGISTER = "clock_s"
 
@@ -41,8 +48,9 @@ class ModbusLink:
     def __init__(self, host: str, port: int, timeout_s: float, pause_s: float = 0.0) -> None:
         self.host, self.port = host, port
         self.pause_s = pause_s
-        self._client = AsyncModbusTcpClient(host, port=port, timeout=timeout_s, retries=0,
-                                            reconnect_delay=0)
+        self._client = AsyncModbusTcpClient(
+            host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0
+        )
         self._lock = asyncio.Lock()
         self._last_request = 0.0
         self._failures = 0
@@ -57,14 +65,18 @@ class ModbusLink:
             return
         now = time.monotonic()
         if now < self._retry_at:
-            raise DeviceError(f"{self.where}: not connected; next attempt in {self._retry_at - now:.1f} s")
+            raise DeviceError(
+                f"{self.where}: not connected; next attempt in {self._retry_at - now:.1f} s"
+            )
         if not await self._client.connect():
             self._failures += 1
             # Back off 0.5 s, 1 s, 2 s … up to 30 s of real time: a device that is down or busy
             # with another client should not be hammered.
             self._retry_at = now + min(30.0, 0.5 * 2 ** (self._failures - 1))
-            raise DeviceError(f"{self.where}: cannot connect (attempt {self._failures}); "
-                              "check the address, and that no other client holds the device")
+            raise DeviceError(
+                f"{self.where}: cannot connect (attempt {self._failures}); "
+                "check the address, and that no other client holds the device"
+            )
         self._failures = 0
 
     async def read(self, unit: int, table: str, address: int, count: int) -> list[int]:
@@ -73,22 +85,31 @@ class ModbusLink:
             await self._pause()
             try:
                 if table == "input":
-                    rr = await self._client.read_input_registers(address, count=count, device_id=unit)
+                    rr = await self._client.read_input_registers(
+                        address, count=count, device_id=unit
+                    )
                 else:
-                    rr = await self._client.read_holding_registers(address, count=count, device_id=unit)
+                    rr = await self._client.read_holding_registers(
+                        address, count=count, device_id=unit
+                    )
             except ModbusException as exc:
                 self._drop()
-                raise DeviceError(f"{self.where} unit {unit}: no answer reading {table} "
-                                  f"{address}+{count} ({exc})") from None
+                raise DeviceError(
+                    f"{self.where} unit {unit}: no answer reading {table} {address}+{count} ({exc})"
+                ) from None
             finally:
                 self._last_request = time.monotonic()
         if isinstance(rr, ExceptionResponse) or rr.isError():
             code = getattr(rr, "exception_code", 0)
-            raise DeviceError(f"{self.where} unit {unit}: exception {code} "
-                              f"({EXCEPTION_NAMES.get(code, 'unknown')}) reading {table} {address}+{count}")
+            raise DeviceError(
+                f"{self.where} unit {unit}: exception {code} "
+                f"({EXCEPTION_NAMES.get(code, 'unknown')}) reading {table} {address}+{count}"
+            )
         if len(rr.registers) != count:
-            raise DeviceError(f"{self.where} unit {unit}: asked {count} registers at {address}, "
-                              f"got {len(rr.registers)}")
+            raise DeviceError(
+                f"{self.where} unit {unit}: asked {count} registers at {address}, "
+                f"got {len(rr.registers)}"
+            )
         return list(rr.registers)
 
     async def write(self, unit: int, address: int, words: Sequence[int]) -> None:
@@ -99,13 +120,17 @@ class ModbusLink:
                 rr = await self._client.write_registers(address, list(words), device_id=unit)
             except ModbusException as exc:
                 self._drop()
-                raise DeviceError(f"{self.where} unit {unit}: no answer writing {address} ({exc})") from None
+                raise DeviceError(
+                    f"{self.where} unit {unit}: no answer writing {address} ({exc})"
+                ) from None
             finally:
                 self._last_request = time.monotonic()
         if isinstance(rr, ExceptionResponse) or rr.isError():
             code = getattr(rr, "exception_code", 0)
-            raise DeviceError(f"{self.where} unit {unit}: exception {code} "
-                              f"({EXCEPTION_NAMES.get(code, 'unknown')}) writing {address}")
+            raise DeviceError(
+                f"{self.where} unit {unit}: exception {code} "
+                f"({EXCEPTION_NAMES.get(code, 'unknown')}) writing {address}"
+            )
 
     async def _pause(self) -> None:
         wait = self._last_request + self.pause_s - time.monotonic()
@@ -125,8 +150,9 @@ class ModbusDevice:
     """A device described by a template, reached through a link. Implements the capability
     protocols its template declares (see capabilities.py)."""
 
-    def __init__(self, cfg: ModbusDeviceConfig, template: ModbusTemplate, link: ModbusLink,
-                 clock: Clock) -> None:
+    def __init__(
+        self, cfg: ModbusDeviceConfig, template: ModbusTemplate, link: ModbusLink, clock: Clock
+    ) -> None:
         self.id = cfg.id
         self.cfg = cfg
         self.template = template
@@ -136,7 +162,8 @@ class ModbusDevice:
         self.problems: list[str] = []  # bad values of the last poll, for the status view
 
     def __repr__(self) -> str:
-        return f"ModbusDevice({self.id}, {self.template.name} at {self.link.where} unit {self.cfg.unit})"
+        where = f"{self.link.where} unit {self.cfg.unit}"
+        return f"ModbusDevice({self.id}, {self.template.name} at {where})"
 
     async def poll(self) -> list[Reading]:
         readings: list[Reading] = []
@@ -200,14 +227,17 @@ class ModbusDevice:
         await self.link.write(self.cfg.unit, reg.address, words)
         back = await self.read_register(name)
         if abs(back - value) > abs(reg.scale) / 2 + 1e-9:
-            raise CommandNotConfirmed(f"{self.id}: wrote {name} = {value:g} {reg.unit}, "
-                                      f"read back {back:g} {reg.unit}")
+            raise CommandNotConfirmed(
+                f"{self.id}: wrote {name} = {value:g} {reg.unit}, read back {back:g} {reg.unit}"
+            )
 
     def _writable(self, name: str) -> Register:
         try:
             reg = self.template.register(name)
         except KeyError:
-            raise DeviceError(f"{self.id}: template {self.template.name} has no setpoint {name!r}") from None
+            raise DeviceError(
+                f"{self.id}: template {self.template.name} has no setpoint {name!r}"
+            ) from None
         if not reg.writable:
             raise DeviceError(f"{self.id}: register {name} is not writable")
         return reg

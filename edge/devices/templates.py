@@ -6,6 +6,7 @@ named by the gateway config), not writing a class.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from functools import cache
 from pathlib import Path
@@ -19,12 +20,30 @@ BUILTIN_DIR = Path(__file__).parent / "templates"
 
 RegisterType = Literal["uint16", "int16", "uint32", "int32", "uint64", "float32"]
 
-WORDS: dict[str, int] = {"uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "uint64": 4, "float32": 2}
-_STRUCT: dict[str, str] = {"uint16": ">H", "int16": ">h", "uint32": ">I", "int32": ">i",
-                           "uint64": ">Q", "float32": ">f"}
+WORDS: dict[str, int] = {
+    "uint16": 1,
+    "int16": 1,
+    "uint32": 2,
+    "int32": 2,
+    "uint64": 4,
+    "float32": 2,
+}
+_STRUCT: dict[str, str] = {
+    "uint16": ">H",
+    "int16": ">h",
+    "uint32": ">I",
+    "int32": ">i",
+    "uint64": ">Q",
+    "float32": ">f",
+}
 # Raw patterns that SunSpec and most vendors use for "not available"; never a measurement.
-NOT_AVAILABLE: dict[str, int] = {"uint16": 0xFFFF, "int16": -0x8000, "uint32": 0xFFFFFFFF,
-                                 "int32": -0x80000000, "uint64": 0xFFFFFFFFFFFFFFFF}
+NOT_AVAILABLE: dict[str, int] = {
+    "uint16": 0xFFFF,
+    "int16": -0x8000,
+    "uint32": 0xFFFFFFFF,
+    "int32": -0x80000000,
+    "uint64": 0xFFFFFFFFFFFFFFFF,
+}
 
 Capability = Literal["meter", "pv_inverter", "battery", "heat_pump", "ev_charger"]
 
@@ -67,7 +86,9 @@ class Register(BaseModel):
 
     def encode(self, value: float) -> list[int]:
         """Register words for engineering `value` (for writing setpoints)."""
-        if self.min is not None and value < self.min or self.max is not None and value > self.max:
+        if (self.min is not None and value < self.min) or (
+            self.max is not None and value > self.max
+        ):
             raise ValueError(f"{value:g} {self.unit} is outside {self.min:g}..{self.max:g}")
         raw: float | int = value / self.scale
         if self.type != "float32":
@@ -104,14 +125,17 @@ class ModbusTemplate(BaseModel):
         if dup:
             raise ValueError(f"register names used twice: {sorted(dup)}")
         for table in ("input", "holding"):
-            spans = sorted((r.address, r.address + r.words, r.name) for r in self.registers
-                           if r.table == table)
-            for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+            spans = sorted(
+                (r.address, r.address + r.words, r.name) for r in self.registers if r.table == table
+            )
+            for (_, end, a), (start, _, b) in itertools.pairwise(spans):
                 if start < end:
                     raise ValueError(f"{table} registers {a} and {b} overlap")
         for r in self.registers:
             if r.timestamp is not None and r.timestamp not in names:
-                raise ValueError(f"register {r.name}: timestamp register {r.timestamp!r} is missing")
+                raise ValueError(
+                    f"register {r.name}: timestamp register {r.timestamp!r} is missing"
+                )
             if r.writable and r.table != "holding":
                 raise ValueError(f"register {r.name}: only holding registers can be writable")
         return self

@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODBUS_FAULTS = (
-    "timeout", "exception", "nan", "out_of_range", "drop", "single_client", "ignore_writes"
+    "timeout",
+    "exception",
+    "nan",
+    "out_of_range",
+    "drop",
+    "single_client",
+    "ignore_writes",
 )
 """timeout: no response · exception: answer every request with exception `code` · nan: float
 registers read NaN · out_of_range: measurements show the "not available" pattern (integers) or an

@@ -60,7 +60,7 @@ async def run(
     control_server: ControlServer | None = None
     try:
         ports = [await server.start() for server in servers]
-        zigbee_port = await zigbee.serve(HOST, 0) if zigbee is not None else None
+        zigbee_port = await zigbee.serve(HOST, spec.zigbee.port) if zigbee is not None else None
         endpoints: dict[str, Any] = {
             "home": spec.name,
             "clock": {

@@ -45,8 +45,15 @@ class SimHome:
 
 
 @contextmanager
-def run_sim(home: dict[str, Any] | Path, tmp: Path, *, speed: float, start: datetime,
-            anchor: float | None = None, duration: float | None = None) -> Iterator[SimHome]:
+def run_sim(
+    home: dict[str, Any] | Path,
+    tmp: Path,
+    *,
+    speed: float,
+    start: datetime,
+    anchor: float | None = None,
+    duration: float | None = None,
+) -> Iterator[SimHome]:
     """Start `homeflex-sim run` on a home (a dict is written to a file first); stop it after."""
     state = tmp / "sim"
     state.mkdir(parents=True, exist_ok=True)
@@ -55,8 +62,19 @@ def run_sim(home: dict[str, Any] | Path, tmp: Path, *, speed: float, start: date
         home_file.write_text(yaml.safe_dump(home))
     else:
         home_file = home
-    cmd = [SIM, "run", str(home_file), "--state-dir", str(state), "--speed", str(speed),
-           "--start", start.astimezone(UTC).isoformat(), "--anchor", str(anchor or time.time())]
+    cmd = [
+        SIM,
+        "run",
+        str(home_file),
+        "--state-dir",
+        str(state),
+        "--speed",
+        str(speed),
+        "--start",
+        start.astimezone(UTC).isoformat(),
+        "--anchor",
+        str(anchor or time.time()),
+    ]
     if duration is not None:
         cmd += ["--duration", str(duration)]
     log = (tmp / "sim.log").open("wb")

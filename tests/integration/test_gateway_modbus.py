@@ -25,18 +25,37 @@ START = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)  # a June morning: the sun is up
 SPEED = 60.0
 
 HOME: dict[str, Any] = {
-    "name": "faults", "seed": 5, "step_s": 10,
+    "name": "faults",
+    "seed": 5,
+    "step_s": 10,
     "site": {"latitude": 50.85, "longitude": 4.35, "utc_offset_h": 1},
     "devices": [
         # meter, PV and battery behind one RS-485 gateway (one port, three unit ids)
         {"id": "meter", "kind": "meter", "modbus": {"port": 0, "unit": 1, "template": "meter-3ph"}},
-        {"id": "pv", "kind": "pv", "kwp": 5.0, "modbus": {"port": 0, "unit": 1, "template": "pv-inverter"}},
-        {"id": "battery", "kind": "battery", "capacity_wh": 10000, "soc_pct": 50,
-         "modbus": {"port": 0, "unit": 1, "template": "home-battery"}},
-        {"id": "hp", "kind": "heat_pump", "modbus": {"port": 0, "unit": 1, "template": "heat-pump"}},
-        {"id": "ev", "kind": "ev_charger",
-         "visits": [{"arrive": "06:00", "leave": "23:00", "soc_pct": 20, "capacity_wh": 60000}],
-         "modbus": {"port": 0, "unit": 1, "template": "ev-charger"}},
+        {
+            "id": "pv",
+            "kind": "pv",
+            "kwp": 5.0,
+            "modbus": {"port": 0, "unit": 1, "template": "pv-inverter"},
+        },
+        {
+            "id": "battery",
+            "kind": "battery",
+            "capacity_wh": 10000,
+            "soc_pct": 50,
+            "modbus": {"port": 0, "unit": 1, "template": "home-battery"},
+        },
+        {
+            "id": "hp",
+            "kind": "heat_pump",
+            "modbus": {"port": 0, "unit": 1, "template": "heat-pump"},
+        },
+        {
+            "id": "ev",
+            "kind": "ev_charger",
+            "visits": [{"arrive": "06:00", "leave": "23:00", "soc_pct": 20, "capacity_wh": 60000}],
+            "modbus": {"port": 0, "unit": 1, "template": "ev-charger"},
+        },
     ],
 }
 
@@ -51,12 +70,27 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimHome]:
 async def gateway(sim: SimHome, tmp_path: Path) -> AsyncIterator[Gateway]:
     c = sim.endpoints["clock"]
     clock = ScaledClock(start=c["start"], speed=c["speed"], anchor=c["anchor"])
-    devices = [{"protocol": "modbus", "id": dev_id, "template": ep["template"], "host": ep["host"],
-                "port": ep["port"], "unit": ep["unit"], "poll_s": 10, "timeout_s": 0.5}
-               for dev_id, ep in sim.endpoints["devices"].items()]
-    cfg = GatewayConfig.model_validate({"gateway_id": "test-box", "data_dir": str(tmp_path),
-                                        "store": {"path": str(tmp_path / "store.db")},
-                                        "devices": devices})
+    devices = [
+        {
+            "protocol": "modbus",
+            "id": dev_id,
+            "template": ep["template"],
+            "host": ep["host"],
+            "port": ep["port"],
+            "unit": ep["unit"],
+            "poll_s": 10,
+            "timeout_s": 0.5,
+        }
+        for dev_id, ep in sim.endpoints["devices"].items()
+    ]
+    cfg = GatewayConfig.model_validate(
+        {
+            "gateway_id": "test-box",
+            "data_dir": str(tmp_path),
+            "store": {"path": str(tmp_path / "store.db")},
+            "devices": devices,
+        }
+    )
     gw = Gateway(cfg, clock)
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop))
@@ -90,7 +124,7 @@ async def until(condition: Any, timeout_s: float = 10.0) -> None:
 async def test_readings_match_the_simulated_devices(sim: SimHome, gateway: Gateway) -> None:
     await until(lambda: all(p.health.state == "ok" for p in gateway.pollers))
     readings = {r.quantity: r for r in await device(gateway, "meter").poll()}
-    state = (await sim.control({"cmd": "state"}))
+    state = await sim.control({"cmd": "state"})
     meter = state["devices"]["meter"]
     # The reading carries the meter's own clock, so it can be matched to the physics exactly.
     assert readings[Quantity.IMPORT_WH].ts % 10 == 0
@@ -114,6 +148,7 @@ async def test_setpoints_are_confirmed_by_read_back(sim: SimHome, gateway: Gatew
     assert state["battery"]["setpoint_w"] == -1500
     assert state["ev"]["setpoint_a"] == pytest.approx(8)
     assert state["pv"]["power_limit_pct"] == pytest.approx(40)
+
     # the physics follows at its next step
     async def discharging() -> bool:
         bat = {r.quantity: r.value for r in await battery.poll()}
@@ -143,8 +178,13 @@ async def test_setpoints_are_confirmed_by_read_back(sim: SimHome, gateway: Gatew
     ],
 )
 async def test_device_faults_are_reported_then_recovered(
-    sim: SimHome, gateway: Gateway, caplog: pytest.LogCaptureFixture,
-    dev_id: str, fault: str, extra: dict[str, Any], message: str,
+    sim: SimHome,
+    gateway: Gateway,
+    caplog: pytest.LogCaptureFixture,
+    dev_id: str,
+    fault: str,
+    extra: dict[str, Any],
+    message: str,
 ) -> None:
     caplog.set_level(logging.INFO)
     p = poller(gateway, dev_id)
@@ -173,15 +213,19 @@ async def test_nan_and_not_available_values_are_refused_and_named(
     # float registers are refused, integer registers of the same read are kept
     assert Quantity.ROOM_TEMP_C not in values and Quantity.FLOW_TEMP_C not in values
     assert Quantity.IMPORT_WH in values
-    assert any("hp: register room_temp_c (input 4, raw 7fc0 0000): raw value nan is not a number"
-               in p for p in hp.problems)
+    assert any(
+        "hp: register room_temp_c (input 4, raw 7fc0 0000): raw value nan is not a number" in p
+        for p in hp.problems
+    )
     pv = device(gateway, "pv")
     await sim.control({"cmd": "fault", "device": "pv", "fault": "out_of_range"})
     await asyncio.sleep(0.25)
     values = {r.quantity: r.value for r in await pv.poll()}
     assert Quantity.POWER_W not in values
-    assert "pv: register power_w (input 2, raw 8000 0000): raw -0x80000000 means 'not available'" \
+    assert (
+        "pv: register power_w (input 2, raw 8000 0000): raw -0x80000000 means 'not available'"
         in caplog.text
+    )
     # nothing wrong was stored
     await gateway.flush()
     assert gateway.store is not None

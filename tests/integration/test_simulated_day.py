@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_a_simulated_day_matches_the_meter(tmp_path: Path) -> None:
-    summary = run_single_home(REPO / "firmware-sim" / "homes" / "detached.yaml", speed=1440,
-                              hours=24, workdir=tmp_path)
+    summary = run_single_home(
+        REPO / "firmware-sim" / "homes" / "detached.yaml", speed=1440, hours=24, workdir=tmp_path
+    )
     cmp = compare_meter(tmp_path / "gateway" / "store.db", tmp_path / "sim" / "meter_ptu.csv")
     assert cmp.ptus >= 90, summary  # a day is 96 PTUs; start-up and shut-down may cost a few
     assert cmp.max_rel_error <= 0.001, summary
@@ -40,11 +41,27 @@ def test_a_simulated_day_matches_the_meter(tmp_path: Path) -> None:
         store.close()
 
     # the status command shows every device with its last readings
-    out = subprocess.run([sys.executable, "-m", "homeflex.cli", "edge", "status", "--config",
-                          str(tmp_path / "gateway.yaml"), "--json"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "homeflex.cli",
+            "edge",
+            "status",
+            "--config",
+            str(tmp_path / "gateway.yaml"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     status = json.loads(out.stdout)
     by_id = {d["id"]: d for d in status["devices"]}
-    assert {q["quantity"] for q in by_id["meter"]["readings"]} >= {"import_wh", "export_wh",
-                                                                   "power_l1_w", "voltage_l3_v"}
+    assert {q["quantity"] for q in by_id["meter"]["readings"]} >= {
+        "import_wh",
+        "export_wh",
+        "power_l1_w",
+        "voltage_l3_v",
+    }
     assert by_id["washer"]["readings"], by_id["washer"]

@@ -8,13 +8,13 @@ import struct
 from collections.abc import AsyncIterator
 
 import pytest
-from tests.sim.conftest import WINTER, battery, ev, heat_pump, home_spec, pv
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
 from homeflex_sim.faults import Fault
 from homeflex_sim.home import Home
 from homeflex_sim.modbus import DeviceServer
+from tests.sim.conftest import WINTER, battery, ev, heat_pump, home_spec, pv
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from tests.sim.conftest import SUMMER, WINTER, battery, ev, heat_pump, home_spec, pv
 
 from homeflex_sim.home import Home
 from homeflex_sim.physics.solar import sun_position
+from tests.sim.conftest import SUMMER, WINTER, battery, ev, heat_pump, home_spec, pv
 
 DAY_STEPS = 8640  # 10-s steps
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.sim.conftest import SUMMER
 from pymodbus.client import AsyncModbusTcpClient
 
 from homeflex_sim.clock import SimClock, first_step
@@ -22,6 +21,7 @@ from homeflex_sim.control import request
 from homeflex_sim.home import Home
 from homeflex_sim.homefile import load_home
 from homeflex_sim.runner import run as run_home
+from tests.sim.conftest import SUMMER
 
 HOME = {
     "name": "proc",

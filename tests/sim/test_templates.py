@@ -6,10 +6,10 @@ import math
 import struct
 
 import pytest
-from tests.sim.conftest import WINTER, battery, ev, heat_pump, home_spec, pv
 
 from homeflex_sim.home import Home
 from homeflex_sim.templates import TEMPLATE_DIR, Register, load_template
+from tests.sim.conftest import WINTER, battery, ev, heat_pump, home_spec, pv
 
 
 def reg(type_: str, scale: float = 1.0, **kw: object) -> Register:

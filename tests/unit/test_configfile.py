@@ -60,7 +60,9 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_zigbee_device_needs_radio() -> None:
-    text = GOOD + "  - protocol: zigbee\n    id: plug\n    template: zigbee-plug\n" \
+    text = (
+        GOOD + "  - protocol: zigbee\n    id: plug\n    template: zigbee-plug\n"
         "    ieee: 00:11:22:33:44:55:66:77\n"
+    )
     with pytest.raises(ConfigError, match="no `zigbee:` radio section"):
         parse_config(text, GatewayConfig, "gw.yaml")

@@ -54,25 +54,58 @@ def test_encode_round_trip_and_limits() -> None:
 
 
 def test_blocks_group_contiguous_and_split_tables() -> None:
-    t = ModbusTemplate.model_validate({
-        "name": "t", "capabilities": ["meter"], "max_block": 10,
-        "registers": [
-            {"name": "clock_s", "address": 0, "table": "input", "type": "uint32"},
-            {"name": "power_w", "address": 2, "table": "input", "type": "int32"},
-            {"name": "import_wh", "address": 8, "table": "input", "type": "uint64"},
-            {"name": "setpoint_w", "address": 0, "table": "holding", "type": "int32",
-             "writable": True},
-        ]})
+    t = ModbusTemplate.model_validate(
+        {
+            "name": "t",
+            "capabilities": ["meter"],
+            "max_block": 10,
+            "registers": [
+                {"name": "clock_s", "address": 0, "table": "input", "type": "uint32"},
+                {"name": "power_w", "address": 2, "table": "input", "type": "int32"},
+                {"name": "import_wh", "address": 8, "table": "input", "type": "uint64"},
+                {
+                    "name": "setpoint_w",
+                    "address": 0,
+                    "table": "holding",
+                    "type": "int32",
+                    "writable": True,
+                },
+            ],
+        }
+    )
     blocks = [(b.table, b.address, b.count, [r.name for r in b.registers]) for b in t.blocks()]
-    assert blocks == [("input", 0, 4, ["clock_s", "power_w"]), ("input", 8, 4, ["import_wh"]),
-                      ("holding", 0, 2, ["setpoint_w"])]
+    assert blocks == [
+        ("input", 0, 4, ["clock_s", "power_w"]),
+        ("input", 8, 4, ["import_wh"]),
+        ("holding", 0, 2, ["setpoint_w"]),
+    ]
 
 
 def test_overlap_and_writable_input_refused() -> None:
     with pytest.raises(ValueError, match="overlap"):
-        ModbusTemplate.model_validate({"name": "t", "capabilities": [], "registers": [
-            {"name": "a", "address": 0, "table": "input", "type": "uint32"},
-            {"name": "b", "address": 1, "table": "input", "type": "uint16"}]})
+        ModbusTemplate.model_validate(
+            {
+                "name": "t",
+                "capabilities": [],
+                "registers": [
+                    {"name": "a", "address": 0, "table": "input", "type": "uint32"},
+                    {"name": "b", "address": 1, "table": "input", "type": "uint16"},
+                ],
+            }
+        )
     with pytest.raises(ValueError, match="only holding registers can be writable"):
-        ModbusTemplate.model_validate({"name": "t", "capabilities": [], "registers": [
-            {"name": "a", "address": 0, "table": "input", "type": "uint16", "writable": True}]})
+        ModbusTemplate.model_validate(
+            {
+                "name": "t",
+                "capabilities": [],
+                "registers": [
+                    {
+                        "name": "a",
+                        "address": 0,
+                        "table": "input",
+                        "type": "uint16",
+                        "writable": True,
+                    }
+                ],
+            }
+        )

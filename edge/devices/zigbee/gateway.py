@@ -23,6 +23,15 @@ from homeflex.edge.devices.zigbee.templates import load_zigbee_template
 log = logging.getLogger(__name__)
 
 RETRY_S = 5.0  # real seconds between attempts to (re)start the radio
+PAIRING_WINDOW_S = 254  # the longest permit join Zigbee allows in one request
+# Whatever goes wrong while (re)starting the radio, the daemon must carry on without it.
+RADIO_ERRORS = (
+    OSError,
+    TimeoutError,
+    ValueError,
+    zigpy.exceptions.ZigbeeException,
+    zigpy.exceptions.RadioException,
+)
 
 
 def radio_class(name: str) -> type[zigpy.application.ControllerApplication]:
@@ -43,6 +52,14 @@ def radio_class(name: str) -> type[zigpy.application.ControllerApplication]:
         cls: type[zigpy.application.ControllerApplication] = ControllerApplication
         return cls
     raise DeviceError(f"unknown zigbee radio {name!r}; use homeflex-sim or znp")
+
+
+def _reason(exc: BaseException) -> str:
+    """zigpy wraps the real cause (e.g. connection refused) in an exception without a message."""
+    parts = [str(exc) or type(exc).__name__]
+    if exc.__cause__ is not None:
+        parts.append(str(exc.__cause__) or type(exc.__cause__).__name__)
+    return ": ".join(parts)
 
 
 class ZigbeeGateway:
@@ -79,19 +96,27 @@ class ZigbeeGateway:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             await self._start_app()
-        except (OSError, TimeoutError, ValueError, zigpy.exceptions.ZigbeeException) as exc:
+        except RADIO_ERRORS as exc:
             log.error(
                 "zigbee radio %s at %s: cannot start (%s); retrying every %g s",
                 self.config.radio,
                 self.config.path,
-                exc,
+                _reason(exc),
                 RETRY_S,
             )
             self._lost.set()
         self._keeper = asyncio.create_task(self._keep_connected(), name="zigbee-radio")
 
     async def _start_app(self) -> None:
-        app = await self._radio.new(self._zigpy_config(), auto_form=True)
+        app = await self._radio.new(self._zigpy_config(), start_radio=False)
+        try:
+            await app.startup(auto_form=True)
+        except BaseException:
+            # zigpy leaves its database (and the thread behind it) open when the radio fails to
+            # start; a box retrying every few seconds for days would pile up threads.
+            with contextlib.suppress(Exception):
+                await app.shutdown(db=True)
+            raise
         app.add_listener(self)
         self.app = app
         self._lost.clear()
@@ -104,6 +129,19 @@ class ZigbeeGateway:
         )
         for driver in self.drivers.values():
             driver.joined()
+        await self._pair_missing()
+
+    async def _pair_missing(self) -> None:
+        """Open the network for a while only when configured devices have never joined: an
+        always-open network would let any device in."""
+        missing = self.missing()
+        if missing:
+            await self.permit_join(PAIRING_WINDOW_S)
+            log.info(
+                "zigbee: not yet paired: %s; network open for pairing for %d s",
+                ", ".join(missing),
+                PAIRING_WINDOW_S,
+            )
 
     async def _keep_connected(self) -> None:
         while True:
@@ -114,8 +152,8 @@ class ZigbeeGateway:
                     await app.shutdown()
             try:
                 await self._start_app()
-            except (OSError, TimeoutError, ValueError, zigpy.exceptions.ZigbeeException) as exc:
-                log.warning("zigbee radio: still cannot start (%s)", exc)
+            except RADIO_ERRORS as exc:
+                log.warning("zigbee radio: still cannot start (%s)", _reason(exc))
                 await asyncio.sleep(RETRY_S)
 
     async def permit_join(self, seconds: int) -> None:

@@ -69,6 +69,7 @@ class ZigbeeSpec(Strict):
     gateway's configuration refers to."""
 
     utc_offset_h: float = Field(0.0, ge=-12, le=14, description="local time of the `HH:MM` times")
+    port: int = Field(0, ge=0, le=65535, description="TCP port of the radio (0: any free port)")
     plugs: list[PlugSpec] = []
     appliances: list[ApplianceSpec] = []
 
