@@ -1,22 +1,20 @@
 """Store ingest benchmark: sustained readings/s of Store.write() on a 15-device home (counters
 included, so PTU aggregation is part of the work), the database size per million readings, and
-the machine it ran on. Usage: python bench/store_ingest.py [--seconds 30] [--batch 1000] [--dir D]
+the machine it ran on. Usage: python -m bench.store_ingest [--seconds 30] [--batch 1000] [--dir D]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
 import random
-import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
+from bench.machine import machine
 from homeflex.edge.devices.capabilities import Quantity, Reading
 from homeflex.edge.store import Store
 
@@ -65,19 +63,6 @@ def readings(rng: random.Random) -> Iterator[Reading]:
                 yield Reading(device, q, ts, value)
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"SQLite {sqlite3.sqlite_version}, sqlite-utils {version('sqlite-utils')}"
-    )
-
-
 def filesystem(path: Path) -> str:
     """The mount holding `path` (fsync costs differ wildly between disks and tmpfs)."""
     best = ("?", "?")
@@ -116,7 +101,7 @@ def main() -> None:
         store.close()  # the last connection to close checkpoints the WAL into the file
         size = sum(p.stat().st_size for p in Path(tmp).iterdir())
 
-    print(f"machine:    {machine()}")
+    print(f"machine:    {machine()}, sqlite-utils {version('sqlite-utils')}")
     print(
         f"database:   {filesystem(Path(args.dir or tempfile.gettempdir()))}, WAL, synchronous=FULL"
     )

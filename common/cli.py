@@ -80,12 +80,15 @@ def _fmt_time(ts: float | None) -> str:
 def edge_status(config_path: Path, as_json: bool) -> None:
     """Show the devices, their health and their last readings."""
     from homeflex.edge.gateway import read_status
-    from homeflex.edge.store import Store
+    from homeflex.edge.store import Store, StoreError
 
     cfg = _gateway_config(config_path)
     status = read_status(cfg.data_dir) or {"devices": []}
     health = {d["device"]: d for d in status["devices"]}
-    store = Store.open(cfg.store.path, read_only=True)
+    try:
+        store = Store.open(cfg.store.path, read_only=True)
+    except StoreError as exc:
+        raise click.ClickException(f"{exc} (has the gateway run yet?)") from None
     try:
         latest = store.latest()
     finally:
