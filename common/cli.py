@@ -123,6 +123,47 @@ def edge_status(config_path: Path, as_json: bool) -> None:
             click.echo(f"    {r['quantity']:<16} {r['value']:>14.2f}   {_fmt_time(r['ts'])}")
 
 
+@edge.command("quality")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option("--device", "device_id", default="meter", show_default=True)
+@click.option(
+    "--hours",
+    type=float,
+    default=24.0,
+    show_default=True,
+    help="how far back from the newest reading",
+)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def edge_quality(config_path: Path, device_id: str, hours: float, as_json: bool) -> None:
+    """Gaps, outliers and the effectiveness of the data path of one device (seed 004 UC1-S1)."""
+    from homeflex.edge.devices.capabilities import Quantity
+    from homeflex.edge.quality import quality_report
+    from homeflex.edge.store import Store, StoreError
+
+    cfg = _gateway_config(config_path)
+    dev = next((d for d in cfg.devices if d.id == device_id), None)
+    if dev is None:
+        known = ", ".join(d.id for d in cfg.devices) or "none"
+        raise click.ClickException(f"no device {device_id!r} in {config_path}; devices: {known}")
+    try:
+        store = Store.open(cfg.store.path, read_only=True)
+    except StoreError as exc:
+        raise click.ClickException(f"{exc} (has the gateway run yet?)") from None
+    try:
+        newest = max((r.ts for r in store.latest(device_id)), default=None)
+        if newest is None:
+            raise click.ClickException(f"no readings of {device_id} in {cfg.store.path} yet")
+        start = newest - hours * 3600
+        # the window starts with the device's first reading: before that it was not installed
+        firsts = [rs[0].ts for q in Quantity if (rs := store.readings(device_id, q, start, newest))]
+        report = quality_report(
+            store, device_id, min(firsts, default=start), newest + 1, dev.poll_s
+        )
+    finally:
+        store.close()
+    click.echo(report.to_json() if as_json else report.render())
+
+
 @main.command("demo")
 @click.option(
     "--home",

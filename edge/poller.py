@@ -45,11 +45,12 @@ class Poller:
             await self.clock.sleep_until(self._next_due())
 
     def _next_due(self) -> float:
-        """Polls fall on multiples of the interval (aligned to the epoch), so a meter read every
-        5 s is read on every PTU boundary; a failing device waits longer and longer."""
+        """Polls fall half an interval after multiples of the interval (aligned to the epoch):
+        devices tend to refresh on whole seconds and minutes, and reading at the very instant of a
+        refresh would see the old or the new values by chance. A failing device waits longer."""
         step = self.interval_s * float(min(MAX_BACKOFF_POLLS, 2**self.health.failures))
-        now = self.clock.now()
-        return now - (now % step) + step
+        now = self.clock.now() - self.interval_s / 2
+        return now - (now % step) + step + self.interval_s / 2
 
     async def poll_once(self) -> None:
         h = self.health

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
-from pymodbus.pdu import ExceptionResponse
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from homeflex.clock import Clock
 from homeflex.edge.config import ModbusDeviceConfig
@@ -80,31 +80,13 @@ class ModbusLink:
         self._failures = 0
 
     async def read(self, unit: int, table: str, address: int, count: int) -> list[int]:
-        async with self._lock:
-            await self._ensure_connected()
-            await self._pause()
-            try:
-                if table == "input":
-                    rr = await self._client.read_input_registers(
-                        address, count=count, device_id=unit
-                    )
-                else:
-                    rr = await self._client.read_holding_registers(
-                        address, count=count, device_id=unit
-                    )
-            except ModbusException as exc:
-                self._drop()
-                raise DeviceError(
-                    f"{self.where} unit {unit}: no answer reading {table} {address}+{count} ({exc})"
-                ) from None
-            finally:
-                self._last_request = time.monotonic()
-        if isinstance(rr, ExceptionResponse) or rr.isError():
-            code = getattr(rr, "exception_code", 0)
-            raise DeviceError(
-                f"{self.where} unit {unit}: exception {code} "
-                f"({EXCEPTION_NAMES.get(code, 'unknown')}) reading {table} {address}+{count}"
-            )
+        what = f"reading {table} {address}+{count}"
+        read = (
+            self._client.read_input_registers
+            if table == "input"
+            else self._client.read_holding_registers
+        )
+        rr = await self._request(unit, what, lambda: read(address, count=count, device_id=unit))
         if len(rr.registers) != count:
             raise DeviceError(
                 f"{self.where} unit {unit}: asked {count} registers at {address}, "
@@ -113,24 +95,34 @@ class ModbusLink:
         return list(rr.registers)
 
     async def write(self, unit: int, address: int, words: Sequence[int]) -> None:
+        await self._request(
+            unit,
+            f"writing {address}",
+            lambda: self._client.write_registers(address, list(words), device_id=unit),
+        )
+
+    async def _request(
+        self, unit: int, what: str, call: Callable[[], Awaitable[ModbusPDU]]
+    ) -> ModbusPDU:
+        """One request at a time on the link; a device's refusal or silence becomes a
+        DeviceError saying which unit, which registers and why."""
         async with self._lock:
-            await self._ensure_connected()
-            await self._pause()
             try:
-                rr = await self._client.write_registers(address, list(words), device_id=unit)
+                await self._ensure_connected()
+                await self._pause()
+                rr = await call()
             except ModbusException as exc:
                 self._drop()
-                raise DeviceError(
-                    f"{self.where} unit {unit}: no answer writing {address} ({exc})"
-                ) from None
+                raise DeviceError(f"{self.where} unit {unit}: no answer {what} ({exc})") from None
             finally:
                 self._last_request = time.monotonic()
         if isinstance(rr, ExceptionResponse) or rr.isError():
             code = getattr(rr, "exception_code", 0)
             raise DeviceError(
                 f"{self.where} unit {unit}: exception {code} "
-                f"({EXCEPTION_NAMES.get(code, 'unknown')}) writing {address}"
+                f"({EXCEPTION_NAMES.get(code, 'unknown')}) {what}"
             )
+        return rr
 
     async def _pause(self) -> None:
         wait = self._last_request + self.pause_s - time.monotonic()
