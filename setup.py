@@ -6,8 +6,13 @@ keeps the folders at the top of the repository and the import names our own.
 
 from setuptools import find_packages, setup
 
-FOLDERS = {"common": "homeflex", "edge": "homeflex.edge", "cloud": "homeflex.cloud",
-           "agents": "homeflex.agents", "pki": "homeflex.pki"}
+FOLDERS = {
+    "common": "homeflex",
+    "edge": "homeflex.edge",
+    "cloud": "homeflex.cloud",
+    "agents": "homeflex.agents",
+    "pki": "homeflex.pki",
+}
 
 packages = []
 package_dir = {}
