@@ -33,6 +33,9 @@ FLUSH_EVERY_S = 0.5  # real seconds between store commits while readings arrive
 STATUS_EVERY_S = 2.0
 RETENTION_EVERY_S = 3600.0  # gateway-clock seconds
 RETENTION_CHUNK = 20_000
+# While the store cannot be written (disk full, SD card failing) readings wait in memory up to this
+# many; then the oldest go. Counters are cumulative, so the energy they carried is not lost.
+PENDING_MAX = 200_000
 
 
 class ZigbeeRadio(Protocol):
@@ -116,6 +119,10 @@ class Gateway:
                 "store: could not write %d readings; keeping them for the next attempt", len(batch)
             )
             self._pending = batch + self._pending
+            if len(self._pending) > PENDING_MAX:
+                dropped = len(self._pending) - PENDING_MAX
+                del self._pending[:dropped]
+                log.error("store: %d oldest unwritten readings dropped to bound memory", dropped)
 
     async def _status_writer(self) -> None:
         while True:
