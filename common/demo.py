@@ -89,7 +89,8 @@ def gateway_config(endpoints: dict[str, Any], home_file: Path, workdir: Path) ->
     home = yaml.safe_load(home_file.read_text())
     zigbee = home.get("zigbee") if isinstance(home, dict) else None
     if zigbee and endpoints.get("zigbee"):
-        cfg["zigbee"] = {"radio": "homeflex-sim", "path": endpoints["zigbee"]}
+        radio = endpoints.get("zigbee_radio", "homeflex-sim")
+        cfg["zigbee"] = {"radio": radio, "path": endpoints["zigbee"]}
         for plug in zigbee.get("plugs", []):
             devices.append(
                 {

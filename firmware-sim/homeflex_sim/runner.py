@@ -71,6 +71,7 @@ async def run(
             },
             "devices": {},
             "zigbee": f"socket://{HOST}:{zigbee_port}" if zigbee_port else None,
+            "zigbee_radio": spec.zigbee.radio if spec.zigbee is not None else None,
         }
         for server, port in zip(servers, ports, strict=True):
             for unit, device in server.units.devices.items():

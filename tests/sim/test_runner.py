@@ -182,6 +182,7 @@ async def test_example_home_with_zigbee_loads_on_the_meter(tmp_path: Path) -> No
     assert home.meter.power_w == pytest.approx(sum(load.power_w for load in home.loads))
     ep = json.loads((tmp_path / "endpoints.json").read_text())
     assert ep["zigbee"].startswith("socket://127.0.0.1:")
+    assert ep["zigbee_radio"] == "znp"  # the detached example speaks TI's ZNP
 
 
 def test_control_forwards_zigbee_faults_and_home_file_faults_apply() -> None:

@@ -42,15 +42,17 @@ def radio_class(name: str) -> type[zigpy.application.ControllerApplication]:
         return HomeflexSimApplication
     if name == "znp":
         try:
-            from zigpy_znp.zigbee.application import (  # type: ignore[import-not-found]
-                ControllerApplication,
-            )
+            from zigpy_znp.zigbee.application import ControllerApplication
         except ImportError:
             raise DeviceError(
                 "zigbee radio `znp` needs the zigpy-znp package: pip install zigpy-znp"
             ) from None
-        cls: type[zigpy.application.ControllerApplication] = ControllerApplication
-        return cls
+        from homeflex.edge.devices.zigbee.frames import MalformedFrameFilter
+
+        class ZnpApplication(MalformedFrameFilter, ControllerApplication):  # type: ignore[misc]
+            """zigpy-znp, unchanged, behind the same malformed-frame filter as every radio."""
+
+        return ZnpApplication
     raise DeviceError(f"unknown zigbee radio {name!r}; use homeflex-sim or znp")
 
 

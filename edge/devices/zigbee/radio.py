@@ -22,10 +22,9 @@ import zigpy.types as t
 import zigpy.zdo.types as zdo_t
 from zigpy.config.defaults import CONF_NWK_TC_LINK_KEY_DEFAULT
 from zigpy.device import ZigbeeDevice
-from zigpy.profiles import zha
-from zigpy.zcl import foundation
 
 from homeflex.edge.devices.zigbee import wire
+from homeflex.edge.devices.zigbee.frames import MalformedFrameFilter
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ class Unsupported(zigpy.exceptions.ControllerException):
         super().__init__(f"the homeflex-sim radio does not support {what}")
 
 
-class HomeflexSimApplication(zigpy.application.ControllerApplication):
+class HomeflexSimApplication(MalformedFrameFilter):
     """A coordinator whose NCP is the simulated radio of firmware-sim."""
 
     DISPLAY_NAME = "Homeflex simulated radio"
@@ -161,52 +160,6 @@ class HomeflexSimApplication(zigpy.application.ControllerApplication):
                 rssi=t.int8s(rx.rssi),
             )
         )
-
-    def packet_received(self, packet: t.ZigbeePacket) -> None:
-        """Drop (and log) ZCL frames that cannot be decoded, before zigpy sees them."""
-        problem = self._undecodable(packet)
-        if problem is not None:
-            device, reason = problem
-            log.warning(
-                "zigbee: malformed ZCL frame from %s (nwk 0x%04x) endpoint %s cluster 0x%04x "
-                "dropped (%s): %s",
-                device.ieee,
-                device.nwk,
-                packet.src_ep,
-                packet.cluster_id,
-                reason,
-                packet.data.serialize().hex(),
-            )
-            return
-        super().packet_received(packet)
-
-    def _undecodable(self, packet: t.ZigbeePacket) -> tuple[ZigbeeDevice, str] | None:
-        if packet.src_ep in (None, 0) or packet.profile_id != zha.PROFILE_ID or packet.src is None:
-            return None
-        try:
-            device = self.get_device_with_address(packet.src)
-        except (KeyError, ValueError):
-            return None  # zigpy discovers unknown senders itself
-        if not isinstance(device, ZigbeeDevice):
-            return None
-        endpoint = device.endpoints.get(packet.src_ep)
-        if not isinstance(endpoint, zigpy.endpoint.Endpoint):
-            return None
-        data = packet.data.serialize()
-        try:
-            hdr, _ = foundation.ZCLHeader.deserialize(data)
-            clusters = (
-                endpoint.out_clusters
-                if hdr.direction == foundation.Direction.Client_to_Server
-                else endpoint.in_clusters
-            )
-            cluster = clusters.get(packet.cluster_id)
-            if cluster is None:
-                return None
-            cluster.deserialize(data)
-        except Exception as exc:  # any decoding failure: the frame is unusable
-            return device, f"{type(exc).__name__}: {exc}"
-        return None
 
     async def _watchdog_feed(self) -> None:
         await self._request(wire.PING)

@@ -1,4 +1,5 @@
-"""The simulated Zigbee network: its devices, and the radio (NCP) a gateway talks to over TCP."""
+"""The simulated Zigbee network: its devices, and the radio (NCP) a gateway talks to over TCP:
+our own frame protocol (`wire`, radio `homeflex-sim`) or TI's ZNP (`znp`, radio `znp`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from homeflex_sim.loads import SimLoad
 from homeflex_sim.zigbee import wire
 from homeflex_sim.zigbee.devices import Outgoing, SimAppliance, SimDevice, SimPlug
 from homeflex_sim.zigbee.spec import ZigbeeSpec
+from homeflex_sim.zigbee.znp import ZnpRadio
 
 LOG = logging.getLogger(__name__)
 
@@ -21,6 +23,8 @@ class ZigbeeNetwork:
 
     Devices join when the host opens permit join; their physics advance with the home's steps
     (`loads`), and after each step their attributes are refreshed and due reports are sent.
+    The radio front-end is the spec's `radio`: this class serves `homeflex-sim` itself, and
+    hands frames to and from a `ZnpRadio` for `znp`.
     """
 
     def __init__(self, spec: ZigbeeSpec, seed: int) -> None:
@@ -38,6 +42,7 @@ class ZigbeeNetwork:
         self._server: asyncio.Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._znp = ZnpRadio(self, seed) if spec.radio == "znp" else None
 
     # --- the home's interface ------------------------------------------------------------------
 
@@ -50,12 +55,16 @@ class ZigbeeNetwork:
                     self._deliver(dev, out)
 
     async def serve(self, host: str, port: int) -> int:
+        if self._znp is not None:
+            return await self._znp.serve(host, port)
         self._server = await asyncio.start_server(self._connected, host, port)
         bound: int = self._server.sockets[0].getsockname()[1]
         LOG.info("zigbee radio listening on %s:%d", host, bound)
         return bound
 
     async def close(self) -> None:
+        if self._znp is not None:
+            await self._znp.close()
         if self._writer is not None:
             self._writer.close()  # the handler then reads end-of-stream and returns
             self._writer = None
@@ -73,14 +82,32 @@ class ZigbeeNetwork:
         was_joined = dev.joined
         dev.apply_fault(fault, args)
         if fault == "leave" and was_joined:
-            self._send(
-                wire.frame(wire.LEFT, 0, dev.nwk.to_bytes(2, "little") + dev.ieee.serialize())
-            )
+            self._left(dev)
         elif fault == "rejoin" and self.network is not None and not dev.joined:
             dev.joined = True
             self._deliver(dev, dev.announce())
 
-    # --- the radio ------------------------------------------------------------------------------
+    # --- what both radio front-ends do -----------------------------------------------------------
+
+    def form(self, network: wire.Network) -> None:
+        self.network = network
+
+    def leave(self) -> None:
+        """The radio leaves its network: all devices are forgotten."""
+        self.network = None
+        for dev in self.devices.values():
+            dev.forget()
+
+    def tx_status(self, tx: wire.Tx) -> int:
+        return self._tx_status(tx)
+
+    def transmit(self, tx: wire.Tx) -> None:
+        self._transmit(tx)
+
+    def join_waiting(self) -> None:
+        self._join_waiting()
+
+    # --- the homeflex-sim radio -------------------------------------------------------------------
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._writer is not None:  # one host per radio, as on a serial port
@@ -117,12 +144,10 @@ class ZigbeeNetwork:
             return bytes([1]) + self.network.pack()
         if kind == wire.NET_FORM:
             net = wire.Network.unpack(payload)
-            self.network = dataclasses.replace(net, ieee=self.radio_ieee, nwk=0x0000)
+            self.form(dataclasses.replace(net, ieee=self.radio_ieee, nwk=0x0000))
             return bytes([wire.OK])
         if kind == wire.NET_RESET:
-            self.network = None
-            for dev in self.devices.values():
-                dev.forget()
+            self.leave()
             return bytes([wire.OK])
         if kind == wire.PERMIT:
             if len(payload) != 1:
@@ -141,6 +166,9 @@ class ZigbeeNetwork:
         for dev in self.devices.values():
             if not dev.joined and not dev.away:
                 dev.joined = True
+                if self._znp is not None:
+                    self._znp.joined(dev)
+                    continue
                 body = dev.nwk.to_bytes(2, "little") + dev.ieee.serialize() + bytes(2)
                 self._send(wire.frame(wire.JOINED, 0, body))
 
@@ -174,11 +202,18 @@ class ZigbeeNetwork:
             ):
                 self._deliver(dev, out)
             if not dev.joined:  # it was told to leave
-                self._send(
-                    wire.frame(wire.LEFT, 0, dev.nwk.to_bytes(2, "little") + dev.ieee.serialize())
-                )
+                self._left(dev)
+
+    def _left(self, dev: SimDevice) -> None:
+        if self._znp is not None:
+            self._znp.left(dev)
+            return
+        self._send(wire.frame(wire.LEFT, 0, dev.nwk.to_bytes(2, "little") + dev.ieee.serialize()))
 
     def _deliver(self, dev: SimDevice, out: Outgoing) -> None:
+        if self._znp is not None:
+            self._znp.received(dev, out)
+            return
         rx = wire.Rx(
             dev.nwk,
             dev.ieee.serialize(),

@@ -68,6 +68,9 @@ class ZigbeeSpec(Strict):
     """The simulated Zigbee network. Device ids name them for faults; ieee addresses are what the
     gateway's configuration refers to."""
 
+    radio: Literal["homeflex-sim", "znp"] = Field(
+        "homeflex-sim", description="the radio's host protocol: our own, or TI's ZNP (zigpy-znp)"
+    )
     utc_offset_h: float = Field(0.0, ge=-12, le=14, description="local time of the `HH:MM` times")
     port: int = Field(0, ge=0, le=65535, description="TCP port of the radio (0: any free port)")
     plugs: list[PlugSpec] = []
