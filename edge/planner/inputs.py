@@ -1,0 +1,70 @@
+"""What the planner is given: the horizon, prices, forecasts, the grid connection, the devices and
+the neighbourhood's requests. Pydantic models, so the same shapes are the planner command's file
+format (and its JSON Schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from homeflex.clock import PTU_SECONDS
+from homeflex.edge.planner.devices import DeviceSpec
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Series = Annotated[list[float], Field(min_length=1)]
+
+
+class Grid(Strict):
+    import_limit_w: float = Field(17_250, gt=0, description="connection: 25 A × 3 × 230 V")
+    export_limit_w: float = Field(17_250, ge=0)
+
+
+class Request(Strict):
+    """UC1-S4: the neighbourhood asks to keep the home's net power (W, + import) below
+    `max_net_w` or above `min_net_w` during [start, end). A request that cannot be met is
+    refused with the reason, never silently broken."""
+
+    id: str
+    start: datetime
+    end: datetime
+    max_net_w: float | None = None
+    min_net_w: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Request:
+        if self.max_net_w is None and self.min_net_w is None:
+            raise ValueError("give max_net_w (reduce, cap) or min_net_w (increase)")
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class PlanInputs(Strict):
+    start: datetime = Field(description="first PTU of the plan (aligned to 15 minutes)")
+    ptus: int = Field(96, ge=1, le=672)
+    import_price: Series = Field(description="€/kWh per PTU")
+    export_price: Series = Field(description="€/kWh per PTU")
+    base_load_w: Series = Field(description="forecast of the load nobody steers, W per PTU")
+    grid: Grid = Grid()
+    devices: list[DeviceSpec] = []
+    requests: list[Request] = []
+    time_limit_s: float = Field(5.0, gt=0)
+    relative_gap: float = Field(1e-4, ge=0, le=0.5)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> PlanInputs:
+        if self.start.timestamp() % PTU_SECONDS:
+            raise ValueError("start must be on a PTU boundary (a multiple of 15 minutes)")
+        for name in ("import_price", "export_price", "base_load_w"):
+            if len(getattr(self, name)) != self.ptus:
+                raise ValueError(f"{name} has {len(getattr(self, name))} values, need {self.ptus}")
+        ids = [d.id for d in self.devices]
+        if len(ids) != len(set(ids)):
+            raise ValueError("device ids must be unique")
+        return self

@@ -1,0 +1,142 @@
+"""Assembles the model from the inputs, solves it within a time limit and a relative gap, and
+publishes the best feasible plan. Requests are soft with a heavy penalty so that a request the
+home cannot meet is reported (with how far it is missed) instead of making the plan infeasible."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ortools.linear_solver import pywraplp
+
+from homeflex.edge.planner.devices import build
+from homeflex.edge.planner.inputs import PlanInputs, Request
+from homeflex.edge.planner.model import DeviceSchedule, Extract, LinExpr, PlanModel
+
+REQUEST_PENALTY_EUR_PER_KWH = 100.0  # far above any price: a request is met whenever it can be
+MET_TOLERANCE_W = 1.0
+
+
+@dataclass
+class RequestOutcome:
+    id: str
+    met: bool
+    reason: str = ""
+
+
+@dataclass
+class Plan:
+    start: float
+    ptus: int
+    status: str  # optimal | feasible | fallback
+    net_w: list[float]  # + import, − export, per PTU
+    import_w: list[float]
+    export_w: list[float]
+    energy_cost_eur: float  # import bill minus export revenue
+    objective_eur: float  # energy cost plus the devices' own cost terms and penalties
+    devices: list[DeviceSchedule]
+    requests: list[RequestOutcome] = field(default_factory=list)
+    solve_s: float = 0.0
+    gap: float = 0.0
+
+    def device(self, device_id: str) -> DeviceSchedule:
+        return next(d for d in self.devices if d.device == device_id)
+
+
+class NoPlan(Exception):
+    """The solver found no feasible plan in time; the caller falls back to rules."""
+
+
+def solve(inputs: PlanInputs) -> Plan:
+    start = inputs.start.timestamp()
+    m = PlanModel(start, inputs.ptus)
+    s = m.solver
+    extracts: list[Extract] = [build(spec, m) for spec in inputs.devices]
+    g = inputs.grid
+    imp = [m.num(0, g.import_limit_w, f"grid.import[{t}]") for t in range(m.ptus)]
+    exp = [m.num(0, g.export_limit_w, f"grid.export[{t}]") for t in range(m.ptus)]
+    for t in range(m.ptus):
+        m.constrain(imp[t] - exp[t] == m.power(t) + inputs.base_load_w[t], f"balance[{t}]")
+        if inputs.export_price[t] > inputs.import_price[t]:
+            # exporting would pay more than importing costs: forbid doing both at once
+            importing = m.boolean(f"grid.importing[{t}]")
+            m.constrain(imp[t] <= g.import_limit_w * importing)
+            m.constrain(exp[t] <= g.export_limit_w * (1 - importing))
+    kwh = m.dt_h / 1000.0
+    energy = s.Sum(
+        [
+            kwh * (inputs.import_price[t] * imp[t] - inputs.export_price[t] * exp[t])
+            for t in range(m.ptus)
+        ]
+    )
+    slacks = {r.id: _request(m, r, imp, exp) for r in inputs.requests}
+    s.Minimize(energy + m.cost())
+
+    s.SuppressOutput()
+    s.SetTimeLimit(int(inputs.time_limit_s * 1000))
+    params = pywraplp.MPSolverParameters()
+    params.SetDoubleParam(params.RELATIVE_MIP_GAP, inputs.relative_gap)
+    began = time.perf_counter()
+    status = s.Solve(params)
+    solve_s = time.perf_counter() - began
+    if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
+        raise NoPlan(f"solver status {status} after {solve_s:.2f} s")
+    objective = s.Objective().Value()
+    bound = s.Objective().BestBound()
+    gap = abs(objective - bound) / max(1e-9, abs(objective)) if status != s.OPTIMAL else 0.0
+    imp_v = [v.solution_value() for v in imp]
+    exp_v = [v.solution_value() for v in exp]
+    outcomes = []
+    for r in inputs.requests:
+        missed = [(t, v.solution_value()) for t, v in slacks[r.id]]
+        worst = max(missed, key=lambda x: x[1], default=(0, 0.0))
+        if worst[1] <= MET_TOLERANCE_W:
+            outcomes.append(RequestOutcome(r.id, True))
+        else:
+            at = m.instant(worst[0])
+            outcomes.append(
+                RequestOutcome(
+                    r.id,
+                    False,
+                    f"cannot be met: the home misses it by up to {worst[1]:.0f} W in the PTU "
+                    f"starting at {time.strftime('%H:%M', time.gmtime(at))} UTC, "
+                    "even with every flexible device moved",
+                )
+            )
+    return Plan(
+        start=start,
+        ptus=m.ptus,
+        status="optimal" if status == s.OPTIMAL else "feasible",
+        net_w=[i - e for i, e in zip(imp_v, exp_v, strict=True)],
+        import_w=imp_v,
+        export_w=exp_v,
+        energy_cost_eur=energy.solution_value(),
+        objective_eur=objective
+        - sum(
+            REQUEST_PENALTY_EUR_PER_KWH * kwh * v.solution_value()
+            for sl in slacks.values()
+            for _, v in sl
+        ),
+        devices=[extract() for extract in extracts],
+        requests=outcomes,
+        solve_s=solve_s,
+        gap=gap,
+    )
+
+
+def _request(
+    m: PlanModel, r: Request, imp: list[LinExpr], exp: list[LinExpr]
+) -> list[tuple[int, LinExpr]]:
+    """Soft bounds on net power over the request's PTUs; returns (PTU, slack W) pairs."""
+    first = m.index(r.start.timestamp())
+    last = m.index(r.end.timestamp() - 1)
+    slacks = []
+    for t in range(first, min(last + 1, m.ptus)):
+        slack = m.num(0, m.solver.infinity(), f"request.{r.id}.slack[{t}]")
+        if r.max_net_w is not None:
+            m.constrain(imp[t] - exp[t] <= r.max_net_w + slack)
+        if r.min_net_w is not None:
+            m.constrain(imp[t] - exp[t] >= r.min_net_w - slack)
+        m.add_cost(REQUEST_PENALTY_EUR_PER_KWH * m.dt_h / 1000.0 * slack)
+        slacks.append((t, slack))
+    return slacks
