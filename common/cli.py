@@ -164,6 +164,37 @@ def edge_quality(config_path: Path, device_id: str, hours: float, as_json: bool)
     click.echo(report.to_json() if as_json else report.render())
 
 
+@edge.command("plan")
+@click.option(
+    "--inputs",
+    "inputs_path",
+    type=click.Path(path_type=Path),
+    help="plan inputs (YAML or JSON): prices, forecasts, devices, requests",
+)
+@click.option("--schema", is_flag=True, help="print the JSON Schema of the inputs and exit")
+def edge_plan(inputs_path: Path | None, schema: bool) -> None:
+    """Plan one home and print the plan, its cost and its request outcomes as JSON."""
+    from homeflex.edge.planner.inputs import PlanInputs
+    from homeflex.edge.planner.planner import NoPlan, plan_to_json, solve
+
+    if schema:
+        click.echo(json.dumps(PlanInputs.model_json_schema(), indent=1))
+        return
+    if inputs_path is None:
+        raise click.UsageError("give --inputs FILE (or --schema)")
+    try:
+        inputs = load_config(inputs_path, PlanInputs)
+    except ConfigError as exc:
+        raise click.ClickException(f"plan inputs error\n{exc}") from None
+    try:
+        plan = solve(inputs)
+    except NoPlan as exc:
+        raise click.ClickException(f"no plan: {exc}") from None
+    except ValueError as exc:  # a device that cannot fit its window, for instance
+        raise click.ClickException(f"{inputs_path}: {exc}") from None
+    click.echo(plan_to_json(plan))
+
+
 @main.command("demo")
 @click.option(
     "--home",

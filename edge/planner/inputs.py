@@ -5,12 +5,13 @@ format (and its JSON Schema)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from homeflex.clock import PTU_SECONDS
 from homeflex.edge.planner.devices import DeviceSpec
+from homeflex.edge.planner.forecast import resample
 
 
 class Strict(BaseModel):
@@ -54,8 +55,24 @@ class PlanInputs(Strict):
     grid: Grid = Grid()
     devices: list[DeviceSpec] = []
     requests: list[Request] = []
+    series_step_s: Literal[900, 1800, 3600] = Field(
+        900,
+        description="step of import_price, export_price and base_load_w as given; 30- and "
+        "60-minute series are resampled to 15-minute PTUs",
+    )
     time_limit_s: float = Field(5.0, gt=0)
     relative_gap: float = Field(1e-4, ge=0, le=0.5)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resample(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("series_step_s", 900) != 900:
+            step = int(data["series_step_s"])
+            data = {**data, "series_step_s": 900}
+            for name in ("import_price", "export_price", "base_load_w"):
+                if isinstance(data.get(name), list):
+                    data[name] = resample(data[name], step)
+        return data
 
     @model_validator(mode="after")
     def _lengths(self) -> PlanInputs:

@@ -4,6 +4,8 @@ home cannot meet is reported (with how far it is missed) instead of making the p
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -140,3 +142,20 @@ def _request(
         m.add_cost(REQUEST_PENALTY_EUR_PER_KWH * m.dt_h / 1000.0 * slack)
         slacks.append((t, slack))
     return slacks
+
+
+def plan_to_json(plan: Plan) -> str:
+    """The plan as JSON, with times as ISO 8601 and numbers rounded to what matters (W, m€)."""
+    data = dataclasses.asdict(plan)
+    data["start"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(plan.start))
+
+    def rounded(value: object) -> object:
+        if isinstance(value, float):
+            return round(value, 4)
+        if isinstance(value, list):
+            return [rounded(v) for v in value]
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        return value
+
+    return json.dumps(rounded(data), indent=1)

@@ -25,3 +25,30 @@ def test_edge_status_without_store_says_what_to_do(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["edge", "status", "--config", str(cfg)])
     assert result.exit_code == 1
     assert "no store file here" in result.output
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_edge_plan_plans_the_annex_d_example() -> None:
+    import json
+
+    result = CliRunner().invoke(
+        main, ["edge", "plan", "--inputs", str(REPO / "docs/examples/plan-annex-d.yaml")]
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    washer = next(d for d in plan["devices"] if d["device"] == "washer")
+    start = int(washer["series"]["start_ptu"][0])
+    assert 44 <= start <= 52  # into the sunny hours, not the user's 15:00 (PTU 60)
+    assert plan["requests"] == [{"id": "neighbourhood-1", "met": True, "reason": ""}]
+    assert len(plan["net_w"]) == 96
+
+
+def test_edge_plan_schema_is_json_schema() -> None:
+    import json
+
+    result = CliRunner().invoke(main, ["edge", "plan", "--schema"])
+    schema = json.loads(result.output)
+    assert schema["title"] == "PlanInputs"
+    assert {"start", "import_price", "export_price", "base_load_w"} <= set(schema["required"])
