@@ -14,9 +14,11 @@ from ortools.linear_solver import pywraplp
 from homeflex.edge.planner.devices import build
 from homeflex.edge.planner.inputs import PlanInputs, Request
 from homeflex.edge.planner.model import DeviceSchedule, Extract, LinExpr, PlanModel
+from homeflex.edge.planner.tariff import ptu_costs
 
 REQUEST_PENALTY_EUR_PER_KWH = 100.0  # far above any price: a request is met whenever it can be
 MET_TOLERANCE_W = 1.0
+OBJECTIVE_SCALE = 1000.0
 
 
 @dataclass
@@ -65,26 +67,24 @@ def solve(inputs: PlanInputs) -> Plan:
             m.constrain(imp[t] <= g.import_limit_w * importing)
             m.constrain(exp[t] <= g.export_limit_w * (1 - importing))
     kwh = m.dt_h / 1000.0
-    energy = s.Sum(
-        [
-            kwh * (inputs.import_price[t] * imp[t] - inputs.export_price[t] * exp[t])
-            for t in range(m.ptus)
-        ]
-    )
+    energy = s.Sum(ptu_costs(inputs.import_price, inputs.export_price, imp, exp))
     slacks = {r.id: _request(m, r, imp, exp) for r in inputs.requests}
-    s.Minimize(energy + m.cost())
+    # in milli-euros: per-W costs of ~1e-5 € sit near HiGHS's 1e-7 optimality tolerance, and
+    # near-ties were then settled up to 1e-3 € off the optimum
+    s.Minimize(OBJECTIVE_SCALE * (energy + m.cost()))
 
     s.SuppressOutput()
     s.SetTimeLimit(int(inputs.time_limit_s * 1000))
-    params = pywraplp.MPSolverParameters()
-    params.SetDoubleParam(params.RELATIVE_MIP_GAP, inputs.relative_gap)
+    # pywraplp's RELATIVE_MIP_GAP never reaches HiGHS (ortools 9.15); HiGHS's own option does
+    # (the call applies it yet returns False, so its result says nothing)
+    s.SetSolverSpecificParametersAsString(f"mip_rel_gap={inputs.relative_gap!r}")
     began = time.perf_counter()
-    status = s.Solve(params)
+    status = s.Solve()
     solve_s = time.perf_counter() - began
     if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
         raise NoPlan(f"solver status {status} after {solve_s:.2f} s")
-    objective = s.Objective().Value()
-    bound = s.Objective().BestBound()
+    objective = s.Objective().Value() / OBJECTIVE_SCALE
+    bound = s.Objective().BestBound() / OBJECTIVE_SCALE
     gap = abs(objective - bound) / max(1e-9, abs(objective)) if status != s.OPTIMAL else 0.0
     imp_v = [v.solution_value() for v in imp]
     exp_v = [v.solution_value() for v in exp]

@@ -1,0 +1,312 @@
+"""The control loop: each cycle freezes a snapshot of the readings, takes the plan's setpoints for
+the PTU of now, lets controllers in priority order narrow what each device may do (safety limits
+last) and returns the commands. The planner solves in a worker thread and never blocks a cycle."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from homeflex.clock import PTU_SECONDS, Clock, ptu_start
+from homeflex.edge.devices.capabilities import Quantity, Reading
+from homeflex.edge.planner.devices.battery import BatterySpec
+from homeflex.edge.planner.devices.ev import VOLTS, EvSpec
+from homeflex.edge.planner.devices.heat_pump import HeatPumpSpec
+from homeflex.edge.planner.fallback import fallback_plan
+from homeflex.edge.planner.inputs import PlanInputs
+from homeflex.edge.planner.planner import Plan, solve
+
+log = logging.getLogger(__name__)
+
+Snapshot = Mapping[tuple[str, Quantity], Reading]
+SG_BLOCKED, SG_NORMAL, SG_RECOMMENDED, SG_FORCED = 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class Command:
+    """Set `quantity` of `device` to `value`: battery SETPOINT_W (+ charge), EV SETPOINT_A (0
+    pauses), heat pump SG_READY_MODE, PV POWER_LIMIT_PCT, appliance START_DELAY_S."""
+
+    device: str
+    quantity: Quantity
+    value: float
+
+
+class Setpoints:
+    """What each device is wanted to do this cycle, and the range the controllers leave it. A
+    range only ever narrows; when a narrowing contradicts an earlier one the earlier wins (it is
+    clamped to the nearest value the earlier range allows)."""
+
+    def __init__(self) -> None:
+        self.wanted: dict[str, tuple[Quantity, float]] = {}
+        self.range: dict[str, tuple[float, float]] = {}
+
+    def want(self, device: str, quantity: Quantity, value: float) -> None:
+        self.wanted[device] = (quantity, value)
+
+    def narrow(self, device: str, lo: float = -math.inf, hi: float = math.inf) -> None:
+        old_lo, old_hi = self.range.get(device, (-math.inf, math.inf))
+        new_lo, new_hi = max(old_lo, lo), min(old_hi, hi)
+        if new_lo > new_hi:  # contradiction: keep to the earlier range, as close as it allows
+            new_lo = new_hi = old_lo if hi < old_lo else old_hi
+        self.range[device] = (new_lo, new_hi)
+
+    def value(self, device: str) -> float | None:
+        if device not in self.wanted:
+            return None
+        lo, hi = self.range.get(device, (-math.inf, math.inf))
+        return min(max(self.wanted[device][1], lo), hi)
+
+    def commands(self) -> list[Command]:
+        out = []
+        for device, (quantity, _) in self.wanted.items():
+            value = self.value(device)
+            assert value is not None
+            out.append(Command(device, quantity, value))
+        return out
+
+
+@dataclass
+class Cycle:
+    """What the controllers of one cycle see and change."""
+
+    now: float
+    snapshot: Snapshot
+    plan: Plan
+    inputs: PlanInputs
+    meter: str
+    setpoints: Setpoints = field(default_factory=Setpoints)
+    deferred: dict[str, float] = field(default_factory=dict)  # appliance → start already sent
+
+    @property
+    def ptu(self) -> int:
+        return int((self.now - self.plan.start) // PTU_SECONDS)
+
+    def reading(self, device: str, quantity: Quantity) -> float | None:
+        r = self.snapshot.get((device, quantity))
+        return None if r is None else r.value
+
+
+# --- controllers, in priority order ------------------------------------------------------------
+
+
+def follow_plan(c: Cycle) -> None:
+    """The plan's (or the fallback's) setpoints for the PTU of now."""
+    t = c.ptu
+    for spec in c.inputs.devices:
+        schedule = c.plan.device(spec.id)
+        power = schedule.power_w[t]
+        if spec.kind == "battery":
+            c.setpoints.want(spec.id, Quantity.SETPOINT_W, power)
+        elif isinstance(spec, EvSpec):
+            amps = power / (VOLTS * spec.phases)
+            if 0 < amps < spec.min_current_a:  # a part-PTU top-up: the car stops when full
+                amps = spec.min_current_a
+            c.setpoints.want(spec.id, Quantity.SETPOINT_A, amps)
+        elif spec.kind == "heat_pump":
+            mode = SG_RECOMMENDED if power > 0 else SG_BLOCKED  # comfort_band unblocks it
+            c.setpoints.want(spec.id, Quantity.SG_READY_MODE, mode)
+        elif spec.kind == "pv":
+            available = -power + schedule.series["curtailed_w"][t]
+            pct = 100.0 if available <= 0 else 100.0 * -power / available
+            c.setpoints.want(spec.id, Quantity.POWER_LIMIT_PCT, pct)
+        elif spec.kind == "appliance":
+            start = c.plan.start + schedule.series["start_ptu"][0] * PTU_SECONDS
+            if c.deferred.get(spec.id) != start and c.now < start + PTU_SECONDS:
+                c.setpoints.want(spec.id, Quantity.START_DELAY_S, max(0.0, start - c.now))
+                c.deferred[spec.id] = start  # sent once per planned start, not every cycle
+
+
+def device_limits(c: Cycle) -> None:
+    """What the hardware can do at all."""
+    for spec in c.inputs.devices:
+        if isinstance(spec, BatterySpec):
+            c.setpoints.narrow(spec.id, -spec.max_discharge_w, spec.max_charge_w)
+        elif isinstance(spec, EvSpec):
+            c.setpoints.narrow(spec.id, 0.0, spec.max_current_a)
+        elif spec.kind == "heat_pump":
+            c.setpoints.narrow(spec.id, SG_BLOCKED, SG_FORCED)
+        elif spec.kind == "pv":
+            c.setpoints.narrow(spec.id, 0.0, 100.0)
+
+
+def battery_reserve(c: Cycle) -> None:
+    """No discharge at or below the reserve, no charge at or above the maximum (measured SoC)."""
+    for spec in c.inputs.devices:
+        if isinstance(spec, BatterySpec):
+            soc = c.reading(spec.id, Quantity.SOC_PCT)
+            if soc is not None and soc <= spec.soc_min_pct:
+                c.setpoints.narrow(spec.id, lo=0.0)
+            if soc is not None and soc >= spec.soc_max_pct:
+                c.setpoints.narrow(spec.id, hi=0.0)
+
+
+def comfort_band(c: Cycle) -> None:
+    """Comfort before cost: forced on below the band, blocked above it (measured room)."""
+    t = c.ptu
+    for spec in c.inputs.devices:
+        if isinstance(spec, HeatPumpSpec):
+            room = c.reading(spec.id, Quantity.ROOM_TEMP_C)
+            if room is not None and room < spec.t_min_c[t]:
+                c.setpoints.narrow(spec.id, SG_FORCED, SG_FORCED)
+            elif room is not None and room > spec.t_max_c[t]:
+                c.setpoints.narrow(spec.id, SG_BLOCKED, SG_BLOCKED)
+
+
+def connection_limit(c: Cycle) -> None:
+    """When the measured import, corrected for the new EV and battery setpoints, would exceed the
+    connection, take the excess first from EV charging, then from the battery (down to
+    discharging, as far as the reserve allows)."""
+    measured = c.reading(c.meter, Quantity.POWER_W)
+    if measured is None:
+        return
+    expected = measured
+    flexible: list[tuple[EvSpec | BatterySpec, float]] = []
+    for spec in c.inputs.devices:
+        value = c.setpoints.value(spec.id)
+        if value is None or not isinstance(spec, EvSpec | BatterySpec):
+            continue
+        watts = spec.power_w(value) if isinstance(spec, EvSpec) else value
+        # what the device draws now is in the meter's figure already; unmeasured counts as 0
+        expected += watts - (c.reading(spec.id, Quantity.POWER_W) or 0.0)
+        flexible.append((spec, watts))
+    excess = expected - c.inputs.grid.import_limit_w
+    for kind in (EvSpec, BatterySpec):
+        for spec, watts in flexible:
+            if excess <= 0 or not isinstance(spec, kind):
+                continue
+            if isinstance(spec, EvSpec):
+                amps = (watts - excess) / (VOLTS * spec.phases)
+                amps = amps if amps >= spec.min_current_a else 0.0  # below it, the car stops
+                c.setpoints.narrow(spec.id, hi=amps)
+            else:
+                c.setpoints.narrow(spec.id, hi=watts - excess)
+            after = c.setpoints.value(spec.id) or 0.0
+            excess -= watts - (spec.power_w(after) if isinstance(spec, EvSpec) else after)
+
+
+CONTROLLERS: list[Callable[[Cycle], None]] = [
+    follow_plan,
+    device_limits,
+    battery_reserve,
+    comfort_band,
+    connection_limit,
+]
+
+
+class ControlLoop:
+    """Cycle by cycle on the given clock. `make_inputs(now, snapshot)` builds the planner's
+    inputs (prices, forecasts, device states), starting at the PTU of `now`; `planner` is
+    `solve` unless a test says otherwise."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        meter: str,
+        make_inputs: Callable[[float, Snapshot], PlanInputs],
+        planner: Callable[[PlanInputs], Plan] = solve,
+        executor: Executor | None = None,
+        reading_max_age_s: float = 60.0,
+    ) -> None:
+        self.clock = clock
+        self.meter = meter
+        self._make_inputs = make_inputs
+        self._planner = planner
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="planner")
+        self._max_age = reading_max_age_s
+        self._latest: dict[tuple[str, Quantity], Reading] = {}
+        self._solving: tuple[Future[Plan], PlanInputs] | None = None
+        self.plan: tuple[Plan, PlanInputs] | None = None  # the planner's latest
+        self._fallback: tuple[Plan, PlanInputs] | None = None
+        self._fallback_ptu = 0.0
+        self._deferred: dict[str, float] = {}
+        self._ptu: float | None = None
+        self.last_error = ""
+
+    def request_plan(self) -> bool:
+        """Start a solve in the worker unless one is running; True when one was started."""
+        if self._solving is not None and not self._solving[0].done():
+            return False
+        self._collect()
+        inputs = self._make_inputs(self.clock.now(), self.snapshot())
+        self._solving = (self._executor.submit(self._planner, inputs), inputs)
+        return True
+
+    @property
+    def pending(self) -> Future[Plan] | None:
+        """The solve the worker is running (or has finished and the loop not yet taken)."""
+        return None if self._solving is None else self._solving[0]
+
+    def snapshot(self) -> Snapshot:
+        """The latest reading of each (device, quantity), frozen; older than the limit: absent."""
+        oldest = self.clock.now() - self._max_age
+        return MappingProxyType({k: r for k, r in self._latest.items() if r.ts >= oldest})
+
+    def cycle(self, readings: Iterable[Reading]) -> list[Command]:
+        now = self.clock.now()
+        for r in readings:
+            key = (r.device, r.quantity)
+            if key not in self._latest or self._latest[key].ts <= r.ts:
+                self._latest[key] = r
+        snapshot = self.snapshot()
+        self._collect()
+        if self._ptu != ptu_start(now):  # receding horizon: re-plan every PTU
+            self._ptu = ptu_start(now)
+            self.request_plan()
+        plan, inputs = self._current(now, snapshot)
+        c = Cycle(now, snapshot, plan, inputs, self.meter, deferred=self._deferred)
+        for controller in CONTROLLERS:
+            try:
+                controller(c)
+            except Exception:  # one broken controller must not silence the safety limits
+                log.exception("controller %s failed at %.0f", controller.__name__, now)
+        return c.setpoints.commands()
+
+    async def run(
+        self,
+        poll: Callable[[], Awaitable[list[Reading]]],
+        send: Callable[[list[Command]], Awaitable[None]],
+        period_s: float = 5.0,
+    ) -> None:
+        """Cycle every `period_s` for ever; a failing poll, cycle or send is logged and the next
+        cycle comes as usual."""
+        while True:
+            began = self.clock.now()
+            try:
+                await send(self.cycle(await poll()))
+            except Exception:
+                log.exception("control cycle at %.0f failed", began)
+            await self.clock.sleep_until(began + period_s)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _collect(self) -> None:
+        """Take a finished solve's plan, or note why there is none and keep the last one."""
+        if self._solving is None or not self._solving[0].done():
+            return
+        future, inputs = self._solving
+        self._solving = None
+        try:
+            self.plan = (future.result(), inputs)
+            self.last_error = ""
+        except Exception as exc:  # NoPlan, or a bug in a builder: the loop runs on regardless
+            self.last_error = f"planner failed: {exc}"
+            log.warning("%s; keeping the last plan", self.last_error)
+
+    def _current(self, now: float, snapshot: Snapshot) -> tuple[Plan, PlanInputs]:
+        """The planner's plan while it covers now; else the fallback's, made afresh each PTU."""
+        if self.plan is not None and _covers(self.plan[0], now):
+            return self.plan
+        if self._fallback is None or self._fallback_ptu != ptu_start(now):
+            inputs = self._make_inputs(now, snapshot)
+            self._fallback, self._fallback_ptu = (fallback_plan(inputs), inputs), ptu_start(now)
+        return self._fallback
+
+
+def _covers(plan: Plan, now: float) -> bool:
+    return plan.start <= now < plan.start + plan.ptus * PTU_SECONDS
