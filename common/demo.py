@@ -30,11 +30,9 @@ POLL_S = {"meter": 10.0, "pv": 10.0, "battery": 10.0, "heat_pump": 30.0, "ev_cha
 
 
 def _repo() -> Path:
-    return (
-        Path(__file__).resolve().parents[1]
-        if (Path(__file__).resolve().parents[1] / "firmware-sim").is_dir()
-        else Path.cwd()
-    )
+    """The checkout this module was installed from (editable), else the current directory."""
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "firmware-sim").is_dir() else Path.cwd()
 
 
 def _sim_command() -> list[str]:

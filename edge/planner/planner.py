@@ -66,7 +66,6 @@ def solve(inputs: PlanInputs) -> Plan:
             importing = m.boolean(f"grid.importing[{t}]")
             m.constrain(imp[t] <= g.import_limit_w * importing)
             m.constrain(exp[t] <= g.export_limit_w * (1 - importing))
-    kwh = m.dt_h / 1000.0
     energy = s.Sum(ptu_costs(inputs.import_price, inputs.export_price, imp, exp))
     slacks = {r.id: _request(m, r, imp, exp) for r in inputs.requests}
     # in milli-euros: per-W costs of ~1e-5 € sit near HiGHS's 1e-7 optimality tolerance, and
@@ -114,11 +113,7 @@ def solve(inputs: PlanInputs) -> Plan:
         export_w=exp_v,
         energy_cost_eur=energy.solution_value(),
         objective_eur=objective
-        - sum(
-            REQUEST_PENALTY_EUR_PER_KWH * kwh * v.solution_value()
-            for sl in slacks.values()
-            for _, v in sl
-        ),
+        - sum(_penalty(m, v.solution_value()) for sl in slacks.values() for _, v in sl),
         devices=[extract() for extract in extracts],
         requests=outcomes,
         solve_s=solve_s,
@@ -139,7 +134,7 @@ def _request(
             m.constrain(imp[t] - exp[t] <= r.max_net_w + slack)
         if r.min_net_w is not None:
             m.constrain(imp[t] - exp[t] >= r.min_net_w - slack)
-        m.add_cost(REQUEST_PENALTY_EUR_PER_KWH * m.dt_h / 1000.0 * slack)
+        m.add_cost(_penalty(m, slack))
         slacks.append((t, slack))
     return slacks
 
@@ -159,3 +154,8 @@ def plan_to_json(plan: Plan) -> str:
         return value
 
     return json.dumps(rounded(data), indent=1)
+
+
+def _penalty(m: PlanModel, slack_w: LinExpr | float) -> LinExpr | float:
+    """€ for missing a request by `slack_w` during one PTU; reported plans leave it out."""
+    return REQUEST_PENALTY_EUR_PER_KWH * m.dt_h / 1000.0 * slack_w
