@@ -171,17 +171,24 @@ def edge_quality(config_path: Path, device_id: str, hours: float, as_json: bool)
     type=click.Path(path_type=Path),
     help="plan inputs (YAML or JSON): prices, forecasts, devices, requests",
 )
-@click.option("--schema", is_flag=True, help="print the JSON Schema of the inputs and exit")
-def edge_plan(inputs_path: Path | None, schema: bool) -> None:
-    """Plan one home and print the plan, its cost and its request outcomes as JSON."""
+@click.option(
+    "--schema",
+    type=click.Choice(["inputs", "plan"]),
+    help="print the JSON Schema of the inputs or of the printed plan, and exit",
+)
+def edge_plan(inputs_path: Path | None, schema: str | None) -> None:
+    """Plan one home and print the plan, its cost, its request outcomes and its KPIs per day
+    (against a baseline without planner) as JSON."""
+    from homeflex.edge.planner import schema as schemas
     from homeflex.edge.planner.inputs import PlanInputs
+    from homeflex.edge.planner.kpi import report
     from homeflex.edge.planner.planner import NoPlan, plan_to_json, solve
 
     if schema:
-        click.echo(json.dumps(PlanInputs.model_json_schema(), indent=1))
+        click.echo(json.dumps(schemas.schema(schema), indent=1))
         return
     if inputs_path is None:
-        raise click.UsageError("give --inputs FILE (or --schema)")
+        raise click.UsageError("give --inputs FILE (or --schema inputs|plan)")
     try:
         inputs = load_config(inputs_path, PlanInputs)
     except ConfigError as exc:
@@ -192,7 +199,7 @@ def edge_plan(inputs_path: Path | None, schema: bool) -> None:
         raise click.ClickException(f"no plan: {exc}") from None
     except ValueError as exc:  # a device that cannot fit its window, for instance
         raise click.ClickException(f"{inputs_path}: {exc}") from None
-    click.echo(plan_to_json(plan))
+    click.echo(plan_to_json(plan, report(inputs, plan)))
 
 
 @main.command("demo")

@@ -89,7 +89,7 @@ def fallback_plan(inputs: PlanInputs) -> Plan:
         energy_cost_eur=bill,
         objective_eur=bill + discomfort,
         devices=[schedules[spec.id] for spec in inputs.devices],
-        requests=[_outcome(inputs, r, residual) for r in inputs.requests],
+        requests=[_outcome(inputs, r, residual) for r in inputs.net_bounds()],
     )
 
 
@@ -104,10 +104,11 @@ def _outcome(inputs: PlanInputs, r: Request, net_w: list[float]) -> RequestOutco
         if r.min_net_w is not None:
             missed = max(missed, r.min_net_w - net_w[t])
     if missed <= MET_TOLERANCE_W:
-        return RequestOutcome(r.id, True)
+        return RequestOutcome(r.id, True, kind=r.kind)
     return RequestOutcome(
         r.id,
         False,
         f"not met by up to {missed:.0f} W: the solver found no plan and the fallback rules "
         "do not steer for requests",
+        r.kind,
     )

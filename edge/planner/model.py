@@ -36,7 +36,7 @@ Extract = Callable[[], DeviceSchedule]
 class PlanModel:
     """One MILP over `ptus` PTUs starting at `start` (Unix seconds, PTU-aligned)."""
 
-    def __init__(self, start: float, ptus: int, solver: str = "HIGHS") -> None:
+    def __init__(self, start: float, ptus: int, solver: str = "SCIP") -> None:
         if start % PTU_SECONDS:
             raise ValueError(f"plan start {start} is not on a PTU boundary")
         created = pywraplp.Solver.CreateSolver(solver)
@@ -49,6 +49,7 @@ class PlanModel:
         self._power: list[list[LinExpr]] = [[] for _ in range(ptus)]
         self._constant_w = [0.0] * ptus
         self._cost: list[LinExpr] = []
+        self.slacks: list[LinExpr] = []
         self._names: set[str] = set()
 
     # --- time -------------------------------------------------------------------------------
@@ -87,6 +88,13 @@ class PlanModel:
     def add_cost(self, expr: LinExpr | float) -> None:
         """A cost term in € (penalties, wear, discomfort)."""
         self._cost.append(expr)
+
+    def add_penalty(self, slack: LinExpr, eur_per_unit: float) -> None:
+        """A soft preference missed by `slack` (≥ 0, in the preference's unit) at `eur_per_unit`.
+        Kept apart from plain costs so that a flexibility envelope can hold every preference to
+        what the plan achieves."""
+        self.slacks.append(slack)
+        self._cost.append(eur_per_unit * slack)
 
     def power(self, t: int) -> LinExpr:
         """The home's net power in PTU `t` as a linear expression (W)."""

@@ -2,9 +2,13 @@
 
 from pathlib import Path
 
+import jsonschema
+import pytest
+import yaml
 from click.testing import CliRunner
 
 from homeflex.cli import main
+from homeflex.edge.planner.schema import SCHEMAS
 
 
 def test_edge_run_refuses_a_bad_config(tmp_path: Path) -> None:
@@ -41,14 +45,33 @@ def test_edge_plan_plans_the_annex_d_example() -> None:
     washer = next(d for d in plan["devices"] if d["device"] == "washer")
     start = int(washer["series"]["start_ptu"][0])
     assert 44 <= start <= 52  # into the sunny hours, not the user's 15:00 (PTU 60)
-    assert plan["requests"] == [{"id": "neighbourhood-1", "met": True, "reason": ""}]
+    assert plan["requests"] == [
+        {"id": "neighbourhood-1", "met": True, "reason": "", "kind": "request"}
+    ]
     assert len(plan["net_w"]) == 96
+    jsonschema.validate(plan, json.loads((REPO / "docs/schema/plan.schema.json").read_text()))
+    # KPIs against the baseline: the washer at 15:00 heats from the grid (2 × 2 kW − PV, 30 min)
+    (day,) = plan["kpis"]["plan"]
+    (base,) = plan["kpis"]["baseline"]
+    assert day["bill_eur"] == pytest.approx(plan["energy_cost_eur"], abs=1e-4)
+    assert day["bill_eur"] < base["bill_eur"]
+    assert day["peak_import_w"] == 300.0  # the washer runs on the surplus alone
+    assert base["peak_import_w"] == pytest.approx(800.0)
 
 
-def test_edge_plan_schema_is_json_schema() -> None:
+@pytest.mark.parametrize("name", ["inputs", "plan"])
+def test_edge_plan_schemas_match_the_exported_files(name: str) -> None:
     import json
 
-    result = CliRunner().invoke(main, ["edge", "plan", "--schema"])
+    result = CliRunner().invoke(main, ["edge", "plan", "--schema", name])
+    assert result.exit_code == 0, result.output
     schema = json.loads(result.output)
-    assert schema["title"] == "PlanInputs"
-    assert {"start", "import_price", "export_price", "base_load_w"} <= set(schema["required"])
+    jsonschema.Draft202012Validator.check_schema(schema)
+    exported = REPO / "docs/schema" / SCHEMAS[name]
+    # the files other tools read are the ones the planner uses: re-export when this fails with
+    # `homeflex edge plan --schema NAME > docs/schema/FILE`
+    assert json.loads(exported.read_text()) == schema
+    if name == "inputs":
+        assert {"start", "import_price", "export_price", "base_load_w"} <= set(schema["required"])
+        example = yaml.safe_load((REPO / "docs/examples/plan-annex-d.yaml").read_text())
+        jsonschema.validate(json.loads(json.dumps(example, default=str)), schema)

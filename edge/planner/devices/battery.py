@@ -86,13 +86,13 @@ def build_battery(spec: BatterySpec, m: PlanModel) -> Extract:
         energy.append(e)
         previous = e
     for s in below + above:
-        m.add_cost(penalty * s)
+        m.add_penalty(s, penalty)
     end_short: LinExpr | None = None
     if spec.soc_end_min_pct is not None:
         target = spec.soc_end_min_pct * wh
         end_short = m.num(0, target, f"{spec.id}.end_short_wh")
         m.constrain(previous + end_short >= target, f"{spec.id}.end_min")
-        m.add_cost(penalty * end_short)
+        m.add_penalty(end_short, penalty)
 
     def extract() -> DeviceSchedule:
         c_w = [c.solution_value() for c in charge]

@@ -122,7 +122,7 @@ def build_ev(spec: EvSpec, m: PlanModel) -> Extract:
         stored = e
     short = m.num(0, due, f"{spec.id}.short_wh")
     m.constrain(stored + short >= due, f"{spec.id}.need")
-    m.add_cost(SHORTFALL_PENALTY_EUR_PER_KWH / 1000.0 * short)
+    m.add_penalty(short, SHORTFALL_PENALTY_EUR_PER_KWH / 1000.0)
 
     def extract() -> DeviceSchedule:
         power = [0.0] * m.ptus

@@ -61,6 +61,7 @@ def random_home(rng: random.Random) -> tuple[PlanInputs, list[tuple[list[float],
         base_load_w=base,
         devices=specs,
         relative_gap=0.0,
+        absolute_gap_eur=0.0,
     )
     return inputs, apps
 

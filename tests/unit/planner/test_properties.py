@@ -19,8 +19,13 @@ from homeflex.edge.planner.devices.ev import EvSpec
 from homeflex.edge.planner.devices.heat_pump import HeatPumpSpec, thermostat
 from homeflex.edge.planner.devices.pv import PvSpec
 from homeflex.edge.planner.inputs import PlanInputs, Request
-from homeflex.edge.planner.planner import Plan, solve
-from homeflex.edge.planner.tariff import ptu_costs
+from homeflex.edge.planner.planner import (
+    MET_TOLERANCE_W,
+    REQUEST_PENALTY_EUR_PER_KWH,
+    Plan,
+    solve,
+)
+from homeflex.edge.planner.tariff import KWH_PER_W_PTU, ptu_costs
 
 START = datetime(2026, 6, 1, 8, tzinfo=UTC)
 DT_H = 0.25
@@ -130,6 +135,7 @@ def homes(
         base_load_w=draw(st.lists(floats(50, 1500), min_size=ptus, max_size=ptus)),
         devices=devices,
         relative_gap=0.0,
+        absolute_gap_eur=0.0,
     )
 
 
@@ -257,8 +263,11 @@ def test_the_plan_never_costs_more_than_the_baseline(inputs: PlanInputs) -> None
 
 @FAST
 @given(homes(), st.data())
-def test_a_request_that_some_schedule_meets_is_met(inputs: PlanInputs, data: Any) -> None:
-    # the baseline is one schedule the home can follow: bounds it keeps can be kept
+def test_a_request_some_schedule_meets_is_met_unless_missing_it_pays(
+    inputs: PlanInputs, data: Any
+) -> None:
+    # the baseline is one schedule the home can follow: bounds it keeps can be kept, and are
+    # unless missing them saves the home more than the request's penalty
     base = baseline(inputs)
     first = data.draw(st.integers(0, inputs.ptus - 1))
     last = data.draw(st.integers(first, inputs.ptus - 1))
@@ -267,7 +276,16 @@ def test_a_request_that_some_schedule_meets_is_met(inputs: PlanInputs, data: Any
     floor = min(window) - data.draw(floats(0, 500))
     req = Request(id="r", start=at(first), end=at(last + 1), max_net_w=cap, min_net_w=floor)
     plan = solve(inputs.model_copy(update={"requests": [req]}))
-    assert plan.requests[0].met, plan.requests[0].reason
-    for t in range(first, last + 1):
-        assert floor - TOL <= plan.net_w[t] <= cap + TOL
+    missed_w = [
+        max(0.0, plan.net_w[t] - cap, floor - plan.net_w[t]) for t in range(first, last + 1)
+    ]
+    penalty = REQUEST_PENALTY_EUR_PER_KWH * KWH_PER_W_PTU * sum(missed_w)
+    if plan.requests[0].met:
+        assert max(missed_w) <= MET_TOLERANCE_W
+    else:
+        assert plan.requests[0].reason.startswith("cannot be met")
+        assert max(missed_w) > MET_TOLERANCE_W
+        assert plan.objective_eur + penalty <= base.objective_eur + TOL * max(
+            1.0, base.objective_eur
+        )
     check_devices(inputs, plan)
