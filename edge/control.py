@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 from homeflex.clock import PTU_SECONDS, Clock, ptu_start
@@ -17,7 +19,7 @@ from homeflex.edge.planner.devices.battery import BatterySpec
 from homeflex.edge.planner.devices.ev import VOLTS, EvSpec
 from homeflex.edge.planner.devices.heat_pump import HeatPumpSpec
 from homeflex.edge.planner.fallback import fallback_plan
-from homeflex.edge.planner.inputs import PlanInputs
+from homeflex.edge.planner.inputs import FlexOrder, PlanInputs, PreviousPlan, Request
 from homeflex.edge.planner.planner import Plan, solve
 
 log = logging.getLogger(__name__)
@@ -200,8 +202,13 @@ CONTROLLERS: list[Callable[[Cycle], None]] = [
 
 class ControlLoop:
     """Cycle by cycle on the given clock. `make_inputs(now, snapshot)` builds the planner's
-    inputs (prices, forecasts, device states), starting at the PTU of `now`; `planner` is
-    `solve` unless a test says otherwise."""
+    inputs (prices, forecasts, device states), starting at the PTU of `now`; the loop adds the
+    orders and requests it holds and the plan in force. `planner` is `solve` unless a test says
+    otherwise.
+
+    Receding horizon: a new plan every PTU, and at once when something changes (`replan`): new
+    prices or forecasts (the caller says so), an order or request taken in, a car plugged in or
+    out, or the meter off the plan by more than `deviation_w` for `deviation_cycles` cycles."""
 
     def __init__(
         self,
@@ -211,6 +218,8 @@ class ControlLoop:
         planner: Callable[[PlanInputs], Plan] = solve,
         executor: Executor | None = None,
         reading_max_age_s: float = 60.0,
+        deviation_w: float = 1500.0,
+        deviation_cycles: int = 3,
     ) -> None:
         self.clock = clock
         self.meter = meter
@@ -226,15 +235,64 @@ class ControlLoop:
         self._deferred: dict[str, float] = {}
         self._ptu: float | None = None
         self.last_error = ""
+        self.orders: dict[str, FlexOrder] = {}
+        self.requests: dict[str, Request] = {}
+        self._wanted: str | None = None  # why a new plan is wanted while one is being solved
+        self.replans: deque[tuple[float, str]] = deque(maxlen=100)  # (when, why), newest last
+        self._deviation_w = deviation_w
+        self._deviation_cycles = deviation_cycles
+        self._off_plan = 0  # consecutive cycles with the meter off the plan
+        self._deviation_ptu: float | None = None  # one deviation re-plan per PTU is enough
+        self._connected: dict[str, float] = {}  # EV id → last EV_CONNECTED seen
 
-    def request_plan(self) -> bool:
+    def replan(self, reason: str) -> None:
+        """Something the plan depends on changed: solve again now, or as soon as the solve
+        under way ends (its inputs are already old)."""
+        if not self.request_plan(reason):
+            self._wanted = reason
+
+    def accept_order(self, order: FlexOrder) -> None:
+        """An order the home accepted: a constraint of every plan until it expires."""
+        self.orders[order.id] = order
+        self.replan(f"order {order.id}")
+
+    def add_request(self, request: Request) -> None:
+        """A neighbourhood request (UC1-S4): planned for, or refused with the reason."""
+        self.requests[request.id] = request
+        self.replan(f"request {request.id}")
+
+    def request_plan(self, reason: str = "new PTU") -> bool:
         """Start a solve in the worker unless one is running; True when one was started."""
         if self._solving is not None and not self._solving[0].done():
             return False
         self._collect()
-        inputs = self._make_inputs(self.clock.now(), self.snapshot())
+        now = self.clock.now()
+        inputs = self._inputs(now, self.snapshot())
         self._solving = (self._executor.submit(self._planner, inputs), inputs)
+        self._wanted = None
+        self.replans.append((now, reason))
+        log.info("planning from %s: %s", ptu_start(now), reason)
         return True
+
+    def _inputs(self, now: float, snapshot: Snapshot) -> PlanInputs:
+        """The caller's inputs, with the orders still binding, the requests not yet over and the
+        plan in force (so that the new one changes it only where that pays)."""
+        inputs = self._make_inputs(now, snapshot)
+        for key, order in list(self.orders.items()):
+            if not order.binds(inputs.start):
+                del self.orders[key]
+        for key, request in list(self.requests.items()):
+            if request.end <= inputs.start:
+                del self.requests[key]
+        update: dict[str, object] = {
+            "orders": [*inputs.orders, *self.orders.values()],
+            "requests": [*inputs.requests, *self.requests.values()],
+        }
+        if self.plan is not None and inputs.previous is None:
+            plan = self.plan[0]
+            start = datetime.fromtimestamp(plan.start, UTC)
+            update["previous"] = PreviousPlan(start=start, net_w=plan.net_w)
+        return inputs.model_copy(update=update)
 
     @property
     def pending(self) -> Future[Plan] | None:
@@ -256,7 +314,12 @@ class ControlLoop:
         self._collect()
         if self._ptu != ptu_start(now):  # receding horizon: re-plan every PTU
             self._ptu = ptu_start(now)
-            self.request_plan()
+            self.replan("new PTU")
+        else:
+            for reason in self._events(now, snapshot):
+                self.replan(reason)
+        if self._wanted is not None:
+            self.request_plan(self._wanted)
         plan, inputs = self._current(now, snapshot)
         c = Cycle(now, snapshot, plan, inputs, self.meter, deferred=self._deferred)
         for controller in CONTROLLERS:
@@ -285,6 +348,29 @@ class ControlLoop:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def _events(self, now: float, snapshot: Snapshot) -> list[str]:
+        """What in this cycle's readings makes the plan in force out of date."""
+        events = []
+        for (device, quantity), reading in snapshot.items():
+            if quantity is Quantity.EV_CONNECTED:
+                before = self._connected.get(device)
+                self._connected[device] = reading.value
+                if before is not None and before != reading.value:
+                    events.append(f"{device} {'plugged in' if reading.value else 'unplugged'}")
+        meter = snapshot.get((self.meter, Quantity.POWER_W))
+        if self.plan is not None and _covers(self.plan[0], now) and meter is not None:
+            plan = self.plan[0]
+            planned = plan.net_w[int((now - plan.start) // PTU_SECONDS)]
+            off = abs(meter.value - planned) > self._deviation_w
+            self._off_plan = self._off_plan + 1 if off else 0
+            if self._off_plan >= self._deviation_cycles and self._deviation_ptu != ptu_start(now):
+                self._deviation_ptu = ptu_start(now)
+                events.append(
+                    f"meter at {meter.value:.0f} W, the plan {planned:.0f} W, for "
+                    f"{self._off_plan} cycles"
+                )
+        return events
+
     def _collect(self) -> None:
         """Take a finished solve's plan, or note why there is none and keep the last one."""
         if self._solving is None or not self._solving[0].done():
@@ -303,7 +389,7 @@ class ControlLoop:
         if self.plan is not None and _covers(self.plan[0], now):
             return self.plan
         if self._fallback is None or self._fallback_ptu != ptu_start(now):
-            inputs = self._make_inputs(now, snapshot)
+            inputs = self._inputs(now, snapshot)
             self._fallback, self._fallback_ptu = (fallback_plan(inputs), inputs), ptu_start(now)
         return self._fallback
 

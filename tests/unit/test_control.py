@@ -16,12 +16,16 @@ from homeflex.edge.planner.devices.battery import BatterySpec
 from homeflex.edge.planner.devices.ev import EvSpec
 from homeflex.edge.planner.devices.heat_pump import HeatPumpSpec
 from homeflex.edge.planner.fallback import fallback_plan
-from homeflex.edge.planner.inputs import PlanInputs
+from homeflex.edge.planner.inputs import FlexOrder, PlanInputs, Request
 from homeflex.edge.planner.planner import NoPlan, Plan, solve
 
 T0 = datetime(2026, 1, 15, 6, tzinfo=UTC).timestamp()
 N = 8  # two-hour plans keep each solve in milliseconds
 EV_A = 16 * 3 * 230.0 / 690.0  # the car's 16 A, as amps (690 W per A on three phases)
+
+
+def at(t: int) -> datetime:
+    return datetime.fromtimestamp(T0 + t * PTU_SECONDS, UTC)
 
 
 class FakeClock:
@@ -324,4 +328,95 @@ async def test_run_keeps_cycling_when_a_poll_fails(clock: FakeClock) -> None:
     assert len(sent) == 3  # polls 1, 3 and 4; the second failed and the loop went on
     assert clock.now() == T0 + 20
     settle(loop)
+    loop.close()
+
+
+def reasons(loop: ControlLoop) -> list[str]:
+    return [why for _, why in loop.replans]
+
+
+def test_a_car_plugged_in_replans_at_once(clock: FakeClock) -> None:
+    loop = planned_loop(clock, CHEAP_FIRST)
+    loop.cycle([*normal(clock), *readings(clock, car__ev_connected=0.0)])
+    assert reasons(loop) == ["new PTU"]
+    clock.t += 5
+    loop.cycle([*normal(clock), *readings(clock, car__ev_connected=1.0)])
+    assert reasons(loop) == ["new PTU", "car plugged in"]
+    settle(loop)
+    clock.t += 5
+    loop.cycle([*normal(clock), *readings(clock, car__ev_connected=0.0)])
+    assert reasons(loop)[-1] == "car unplugged"
+    settle(loop)
+    loop.close()
+
+
+def test_a_lasting_deviation_replans_once_per_ptu(clock: FakeClock) -> None:
+    loop = planned_loop(clock, CHEAP_FIRST)
+    loop.cycle(normal(clock))
+    assert loop.plan is not None
+    planned_w = loop.plan[0].net_w[0]
+    clock.t += 5
+    loop.cycle([*normal(clock), *readings(clock, meter__power_w=planned_w + 1400)])  # within
+    off = planned_w + 2000  # beyond the 1500 W threshold
+    for cycle in range(1, 7):
+        clock.t += 5
+        loop.cycle([*normal(clock), *readings(clock, meter__power_w=off)])
+        if loop.pending is not None:
+            settle(loop)
+        # two cycles may be noise; the third re-plans; later cycles in this PTU do not again
+        assert len(reasons(loop)) == (1 if cycle < 3 else 2), cycle
+    assert reasons(loop)[-1] == f"meter at {off:.0f} W, the plan {planned_w:.0f} W, for 3 cycles"
+    loop.close()
+
+
+def test_a_replan_during_a_solve_follows_it(clock: FakeClock) -> None:
+    release = threading.Event()
+    seen: list[PlanInputs] = []
+
+    def blocked(inputs: PlanInputs) -> Plan:
+        seen.append(inputs)
+        assert release.wait(timeout=30)
+        return solve(inputs)
+
+    loop = ControlLoop(clock, "meter", home(CHEAP_FIRST), planner=blocked)
+    loop.cycle(normal(clock))
+    order = FlexOrder(id="o1", start=at(2), end=at(4), max_net_w=-1000.0, expires=at(4))
+    loop.accept_order(order)  # the solve under way has not seen it
+    assert len(seen) == 1 and reasons(loop) == ["new PTU"]
+    release.set()
+    settle(loop)
+    clock.t += 5
+    loop.cycle(normal(clock))  # takes the first plan, starts the one that was wanted
+    assert reasons(loop) == ["new PTU", "order o1"]
+    settle(loop)
+    assert seen[1].orders == [order]
+    # the plan in force goes with it, so that the new one changes it only where that pays
+    assert loop.plan is not None
+    assert seen[1].previous is not None
+    assert seen[1].previous.net_w == loop.plan[0].net_w
+    clock.t += 5
+    loop.cycle(normal(clock))
+    plan = loop.plan[0]
+    assert [(o.id, o.met) for o in plan.requests] == [("o1", True)]
+    assert max(plan.net_w[2:4]) <= -1000.0 + 1e-6
+    # once expired, the order is no longer handed to the planner
+    clock.t = T0 + 4 * PTU_SECONDS
+    loop.cycle(normal(clock))
+    settle(loop)
+    assert seen[-1].orders == [] and loop.orders == {}
+    loop.close()
+
+
+def test_a_request_is_planned_for(clock: FakeClock) -> None:
+    loop = planned_loop(clock, CHEAP_FIRST)
+    loop.cycle(normal(clock))
+    loop.add_request(Request(id="r1", start=at(1), end=at(3), max_net_w=0.0))
+    assert reasons(loop)[-1] == "request r1"
+    settle(loop)
+    clock.t += 5
+    loop.cycle(normal(clock))
+    assert loop.plan is not None
+    plan = loop.plan[0]
+    assert [(r.id, r.kind, r.met) for r in plan.requests] == [("r1", "request", True)]
+    assert max(plan.net_w[1:3]) <= 1e-6
     loop.close()
