@@ -1,5 +1,6 @@
 """Planner benchmark: solve time and gap reached over 50 random typical homes (battery, EV, heat
 pump, three appliances per day, PV) for 96, 192 and 288 PTUs, with the machine it ran on.
+Also the time to work out a one-hour up/down envelope.
 Usage: python -m bench.planner_solve [--homes 50] [--ptus 96 192 288] [--gap 0.005]
 """
 
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench.machine import machine
+from homeflex.edge.planner.flexibility import envelope
 from homeflex.edge.planner.forecast import clear_sky_shape
 from homeflex.edge.planner.inputs import PlanInputs
 from homeflex.edge.planner.planner import NoPlan, solve
@@ -146,10 +148,28 @@ def run(homes: int, ptus: int, gap: float) -> None:
     )
 
 
+def run_envelope(homes: int, hours: int) -> None:
+    """The up/down envelope of the evening peak (from 17:00), as an aggregator would ask it."""
+    rng = random.Random(1)
+    took = []
+    for _ in range(homes):
+        inputs = home(rng, 96, PlanInputs.model_fields["relative_gap"].default)
+        began = time.perf_counter()
+        envelope(inputs, list(range(68, 68 + 4 * hours)))
+        took.append(time.perf_counter() - began)
+    print(
+        f"envelope of {hours} h ({4 * hours} PTUs, 1 + {8 * hours} solves), {homes} homes of 96 "
+        f"PTUs: median {statistics.median(took):.2f} s, max {max(took):.2f} s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--homes", type=int, default=50)
     parser.add_argument("--ptus", type=int, nargs="+", default=[96, 192, 288])
+    parser.add_argument(
+        "--envelope-homes", type=int, default=10, help="homes for the envelope figure (0: skip)"
+    )
     parser.add_argument(
         "--gap", type=float, default=PlanInputs.model_fields["relative_gap"].default
     )
@@ -157,6 +177,8 @@ def main() -> None:
     print(machine())
     for ptus in args.ptus:
         run(args.homes, ptus, args.gap)
+    if args.envelope_homes:
+        run_envelope(args.envelope_homes, hours=1)
 
 
 if __name__ == "__main__":
