@@ -78,7 +78,7 @@ def _fmt_time(ts: float | None) -> str:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def edge_status(config_path: Path, as_json: bool) -> None:
-    """Show the devices, their health and their last readings."""
+    """Show the devices, their health and their last readings, and the plan being followed."""
     from homeflex.edge.gateway import read_status
     from homeflex.edge.store import Store, StoreError
 
@@ -111,10 +111,19 @@ def edge_status(config_path: Path, as_json: bool) -> None:
                 "readings": sorted(by_device.get(dev.id, []), key=lambda x: str(x["quantity"])),
             }
         )
+    plan = status.get("plan")
     if as_json:
-        click.echo(json.dumps({"gateway_id": cfg.gateway_id, "devices": devices}, indent=1))
+        out = {"gateway_id": cfg.gateway_id, "devices": devices, "plan": plan}
+        click.echo(json.dumps(out, indent=1))
         return
     click.echo(f"gateway {cfg.gateway_id}   store {cfg.store.path}")
+    if plan is not None:
+        start = _fmt_time(plan["start"]) if plan["start"] is not None else "-"
+        cost = f"{plan['cost_eur']:.2f} €" if plan["cost_eur"] is not None else "-"
+        click.echo(f"plan   {plan['status']} from {start}, energy cost {cost}")
+        for problem in (plan["last_error"], plan["price_error"]):
+            if problem:
+                click.echo(f"    {problem}")
     for d in devices:
         click.echo(f"\n{d['id']:<16} {d['protocol']:<7} {d['template']:<16} {d['state']}")
         if d["last_error"] and d["state"] != "ok":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -57,8 +58,92 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> No
         time.sleep(0.05)
 
 
+def day_ahead_prices(start: datetime, days: int = 2) -> dict[str, Any]:
+    """A price file for the demo: hourly import prices shaped like a day-ahead market (a night
+    trough, morning and evening peaks, a midday solar dip) plus taxes; export at spot."""
+    import_price, export_price = [], []
+    for h in range(24 * days):
+        hour = h % 24
+        spot = (
+            0.08
+            + 0.06 * math.exp(-((hour - 8) ** 2) / 4)
+            + 0.10 * math.exp(-((hour - 19) ** 2) / 5)
+            - 0.07 * math.exp(-((hour - 13) ** 2) / 6)
+            - 0.03 * (1 <= hour < 5)
+        )
+        import_price.append(round(spot + 0.15, 4))
+        export_price.append(round(spot, 4))
+    return {
+        "start": start.isoformat(),
+        "series_step_s": 3600,
+        "import_price": import_price,
+        "export_price": export_price,
+    }
+
+
+def home_section(home: dict[str, Any], prices_file: Path) -> dict[str, Any]:
+    """What an installer would write for the simulated home so that its gateway plans it: the
+    parameters the devices do not report, taken from the home description, and the owner's
+    preferences (car charged by the time it leaves, a comfort band around the setpoint)."""
+    devices: list[dict[str, Any]] = []
+    for dev in home.get("devices", []):
+        kind = dev["kind"]
+        if kind == "battery":
+            devices.append(
+                {
+                    "kind": "battery",
+                    "id": dev["id"],
+                    "capacity_wh": dev["capacity_wh"],
+                    "max_charge_w": dev["max_charge_w"],
+                    "max_discharge_w": dev["max_discharge_w"],
+                    "soc_min_pct": 10,
+                    "cycle_cost_eur_per_kwh": 0.02,
+                }
+            )
+        elif kind == "pv":
+            devices.append({"kind": "pv", "id": dev["id"], "peak_w": 1000 * dev["kwp"]})
+        elif kind == "ev_charger" and dev.get("visits"):
+            visit = dev["visits"][0]
+            need = visit["capacity_wh"] * max(0, 80 - visit["soc_pct"]) / 100
+            devices.append(
+                {
+                    "kind": "ev",
+                    "id": dev["id"],
+                    "max_current_a": dev.get("max_current_a", 16),
+                    "ready_by": visit["leave"],
+                    "energy_needed_wh": need,
+                }
+            )
+        elif kind == "heat_pump":
+            setpoint = dev.get("room_setpoint_c", 20.5)
+            devices.append(
+                {
+                    "kind": "heat_pump",
+                    "id": dev["id"],
+                    "rated_power_w": dev["rated_power_w"],
+                    "resistance_k_per_kw": 1000 / dev.get("house_ua_w_k", 150.0),
+                    "capacitance_kwh_per_k": dev.get("house_capacity_kj_k", 20000.0) / 3600,
+                    "comfort": [
+                        {"start": "07:00", "t_min_c": setpoint - 1, "t_max_c": setpoint + 2},
+                        {"start": "23:00", "t_min_c": setpoint - 3, "t_max_c": setpoint + 2},
+                    ],
+                    "min_on_ptus": 2,
+                    "min_off_ptus": 2,
+                }
+            )
+    return {
+        "meter": "meter",
+        "site": home["site"],
+        "prices": {"file": str(prices_file)},
+        "devices": devices,
+        "cycle_s": 60,
+        "solve_time_limit_s": 1.0,  # a PTU lasts 1.25 s at 720x
+    }
+
+
 def gateway_config(endpoints: dict[str, Any], home_file: Path, workdir: Path) -> dict[str, Any]:
-    """A gateway configuration for the simulated home described by the simulator's endpoints."""
+    """A gateway configuration for the simulated home described by the simulator's endpoints;
+    it plans the home with the demo's day-ahead prices."""
     clock = endpoints["clock"]
     devices: list[dict[str, Any]] = []
     for dev_id, ep in endpoints["devices"].items():
@@ -85,6 +170,10 @@ def gateway_config(endpoints: dict[str, Any], home_file: Path, workdir: Path) ->
         "devices": devices,
     }
     home = yaml.safe_load(home_file.read_text())
+    prices_file = workdir / "prices.yaml"
+    start = datetime.fromtimestamp(clock["start"], UTC)
+    prices_file.write_text(yaml.safe_dump(day_ahead_prices(start), sort_keys=False))
+    cfg["home"] = home_section(home, prices_file)
     zigbee = home.get("zigbee") if isinstance(home, dict) else None
     if zigbee and endpoints.get("zigbee"):
         radio = endpoints.get("zigbee_radio", "homeflex-sim")
@@ -274,4 +363,35 @@ def summary(workdir: Path, cfg_path: Path) -> str:
                 )
     finally:
         store.close()
+    lines.extend(_plan_summary(cfg.data_dir))
     return "\n".join(lines)
+
+
+def _plan_summary(data_dir: Path) -> list[str]:
+    """The plan the gateway followed last, its KPIs against the baseline (every device when its
+    user wants it) for the day it covers most, and why it re-planned."""
+    try:
+        plan = json.loads((data_dir / "plan.json").read_text())
+        status = json.loads((data_dir / "status.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [f"  planner: no plan published ({exc})"]
+    lines = [
+        f"  planner: last plan {plan['status']} from {plan['start']}, solved in "
+        f"{plan['solve_s']:.2f} s; last re-plans: "
+        + ", ".join(r["reason"] for r in status.get("plan", {}).get("replans", []))
+    ]
+    for name in ("plan", "baseline"):
+        k = max(plan["kpis"][name], key=lambda day: day["ptus"])
+        share = "-" if k["self_consumption"] is None else f"{100 * k['self_consumption']:.0f} %"
+        lines.append(
+            f"    {name:<9} {k['day']}: bill {k['bill_eur']:6.2f} €, peak import "
+            f"{k['peak_import_w'] / 1000:5.2f} kW, PV self-consumption {share}, comfort "
+            f"{k['comfort_violation_kh']:.2f} K·h outside the band"
+        )
+    for error in (
+        status.get("plan", {}).get("last_error"),
+        status.get("plan", {}).get("price_error"),
+    ):
+        if error:
+            lines.append(f"    {error}")
+    return lines

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from homeflex.clock import Clock, ScaledClock, SystemClock
+from homeflex.edge.home import HomeConfig
 
 
 class Strict(BaseModel):
@@ -87,6 +88,9 @@ class GatewayConfig(Strict):
     store: StoreConfig
     zigbee: ZigbeeConfig | None = None
     devices: list[DeviceConfig] = []
+    home: HomeConfig | None = Field(
+        None, description="what the gateway needs to plan and drive the home; absent: monitor only"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
@@ -97,4 +101,6 @@ class GatewayConfig(Strict):
             seen.add(dev.id)
         if self.zigbee is None and any(d.protocol == "zigbee" for d in self.devices):
             raise ValueError("zigbee devices are listed but there is no `zigbee:` radio section")
+        if self.home is not None:
+            self.home.check_devices(seen)
         return self

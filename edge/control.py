@@ -230,6 +230,7 @@ class ControlLoop:
         self._latest: dict[tuple[str, Quantity], Reading] = {}
         self._solving: tuple[Future[Plan], PlanInputs] | None = None
         self.plan: tuple[Plan, PlanInputs] | None = None  # the planner's latest
+        self.current: tuple[Plan, PlanInputs] | None = None  # followed in the last cycle
         self._fallback: tuple[Plan, PlanInputs] | None = None
         self._fallback_ptu = 0.0
         self._deferred: dict[str, float] = {}
@@ -267,7 +268,12 @@ class ControlLoop:
             return False
         self._collect()
         now = self.clock.now()
-        inputs = self._inputs(now, self.snapshot())
+        try:
+            inputs = self._inputs(now, self.snapshot())
+        except Exception as exc:  # the caller's inputs; tried again next cycle
+            self._failed(f"cannot build the planner's inputs: {exc}")
+            self._wanted = reason
+            return False
         self._solving = (self._executor.submit(self._planner, inputs), inputs)
         self._wanted = None
         self.replans.append((now, reason))
@@ -320,7 +326,10 @@ class ControlLoop:
                 self.replan(reason)
         if self._wanted is not None:
             self.request_plan(self._wanted)
-        plan, inputs = self._current(now, snapshot)
+        self.current = self._current(now, snapshot)
+        if self.current is None:  # no plan and no inputs for rules: devices keep their settings
+            return []
+        plan, inputs = self.current
         c = Cycle(now, snapshot, plan, inputs, self.meter, deferred=self._deferred)
         for controller in CONTROLLERS:
             try:
@@ -381,17 +390,28 @@ class ControlLoop:
             self.plan = (future.result(), inputs)
             self.last_error = ""
         except Exception as exc:  # NoPlan, or a bug in a builder: the loop runs on regardless
-            self.last_error = f"planner failed: {exc}"
-            log.warning("%s; keeping the last plan", self.last_error)
+            self._failed(f"planner failed: {exc}")
 
-    def _current(self, now: float, snapshot: Snapshot) -> tuple[Plan, PlanInputs]:
-        """The planner's plan while it covers now; else the fallback's, made afresh each PTU."""
+    def _current(self, now: float, snapshot: Snapshot) -> tuple[Plan, PlanInputs] | None:
+        """The planner's plan while it covers now; else the fallback's, made afresh each PTU
+        (the last one while new inputs cannot be built and it still covers now)."""
         if self.plan is not None and _covers(self.plan[0], now):
             return self.plan
         if self._fallback is None or self._fallback_ptu != ptu_start(now):
-            inputs = self._inputs(now, snapshot)
-            self._fallback, self._fallback_ptu = (fallback_plan(inputs), inputs), ptu_start(now)
+            try:
+                inputs = self._inputs(now, snapshot)
+                self._fallback = (fallback_plan(inputs), inputs)
+                self._fallback_ptu = ptu_start(now)
+            except Exception as exc:
+                self._failed(f"no fallback plan either: {exc}")
+                if self._fallback is None or not _covers(self._fallback[0], now):
+                    return None
         return self._fallback
+
+    def _failed(self, error: str) -> None:
+        if error != self.last_error:  # once per new error, not every cycle
+            log.error("%s", error)
+        self.last_error = error
 
 
 def _covers(plan: Plan, now: float) -> bool:

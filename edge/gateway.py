@@ -2,7 +2,8 @@
 
 One asyncio process. The store lives on a single worker thread (SQLite commits with fsync must not
 stall the event loop); everything else is a task on the loop. Nothing here stops because one
-device, the radio or a value misbehaves.
+device, the radio or a value misbehaves. With a `home:` section the control loop plans the home
+from the same readings and drives its devices; the planner solves on a thread of its own.
 """
 
 from __future__ import annotations
@@ -12,16 +13,22 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from homeflex.clock import Clock
+from homeflex.clock import Clock, ptu_start
 from homeflex.edge.config import GatewayConfig, ModbusDeviceConfig, ZigbeeDeviceConfig
+from homeflex.edge.control import Command, ControlLoop
 from homeflex.edge.devices.capabilities import Device, Reading
 from homeflex.edge.devices.modbus import ModbusDevice, ModbusLink
 from homeflex.edge.devices.templates import load_modbus_template
+from homeflex.edge.home import Home, send
+from homeflex.edge.planner.inputs import PlanInputs
+from homeflex.edge.planner.kpi import report
+from homeflex.edge.planner.planner import Plan, plan_to_json, solve
 from homeflex.edge.poller import Poller
 from homeflex.edge.store import Store
 
@@ -45,7 +52,12 @@ class ZigbeeRadio(Protocol):
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        clock: Clock | None = None,
+        planner: Callable[[PlanInputs], Plan] = solve,
+    ) -> None:
         self.cfg = cfg
         self.clock = clock or cfg.clock.build()
         self.pollers: list[Poller] = []
@@ -56,6 +68,12 @@ class Gateway:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.store: Store | None = None
         self.written = 0
+        self.home = Home(cfg.home) if cfg.home is not None else None
+        self.control: ControlLoop | None = None
+        self._planner = planner
+        self._for_control: list[Reading] = []
+        self._history_ptu: float | None = None
+        self._plan_written: Plan | None = None
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
@@ -72,6 +90,11 @@ class Gateway:
         for dev_cfg in self.cfg.devices:
             device = self._build(dev_cfg)
             self.pollers.append(Poller(device, dev_cfg.poll_s, self.clock, self._accept))
+        if self.home is not None:
+            self.home.prices.reload()
+            self.control = ControlLoop(
+                self.clock, self.home.cfg.meter, self.home.make_inputs, self._planner
+            )
         if self.zigbee is not None:
             await self.zigbee.start()  # after the drivers exist: it pairs the ones not yet joined
         log.info(
@@ -97,6 +120,8 @@ class Gateway:
 
     def _accept(self, readings: list[Reading]) -> None:
         self._pending.extend(readings)
+        if self.control is not None:
+            self._for_control.extend(readings)
         if len(self._pending) >= BATCH_MAX:
             self._wake.set()
 
@@ -124,9 +149,57 @@ class Gateway:
                 del self._pending[:dropped]
                 log.error("store: %d oldest unwritten readings dropped to bound memory", dropped)
 
+    async def _control_poll(self) -> list[Reading]:
+        """The control loop's input: the readings taken since its last cycle (the pollers' own,
+        no second poll). New prices and, once per PTU, the history are taken in first."""
+        assert self.home is not None and self.control is not None
+        readings, self._for_control = self._for_control, []
+        if self.home.prices.reload():
+            self.control.replan("new prices")
+        now = self.clock.now()
+        if self.store is not None and self._history_ptu != ptu_start(now):
+            try:
+                self.home.history = await self._db(self.home.load_history, self.store, now)
+                self._history_ptu = ptu_start(now)
+            except Exception:  # plan on the history we have; try again next cycle
+                log.exception("control: could not read the history from the store")
+        return readings
+
+    async def _control_send(self, commands: list[Command]) -> None:
+        await send(commands, {p.device.id: p.device for p in self.pollers})
+        self.write_plan()
+
+    def write_plan(self) -> None:
+        """plan.json (with its KPIs against the baseline) next to status.json, each time the
+        loop follows another plan (the planner's, or the fallback's when there is none)."""
+        if self.control is None or self.control.current is None:
+            return
+        plan, inputs = self.control.current
+        if plan is self._plan_written:
+            return
+        _write_atomic(self.cfg.data_dir / "plan.json", plan_to_json(plan, report(inputs, plan)))
+        self._plan_written = plan
+
+    def plan_status(self) -> dict[str, Any] | None:
+        """What status.json says about the plan: the one the loop follows now and why."""
+        if self.control is None or self.home is None:
+            return None
+        plan = self.control.current[0] if self.control.current is not None else None
+        return {
+            "status": plan.status if plan is not None else "none",
+            "start": plan.start if plan is not None else None,
+            "cost_eur": plan.energy_cost_eur if plan is not None else None,
+            "replans": [{"at": at, "reason": why} for at, why in list(self.control.replans)[-5:]],
+            "last_error": self.control.last_error,
+            "price_error": self.home.prices.error,
+        }
+
     async def _status_writer(self) -> None:
         while True:
-            self.write_status()
+            try:
+                self.write_status()
+            except Exception:  # a full disk, say: the status is written again next time
+                log.exception("status: could not be written")
             await asyncio.sleep(STATUS_EVERY_S)
 
     def write_status(self) -> None:
@@ -137,10 +210,10 @@ class Gateway:
             "pid": os.getpid(),
             "devices": [asdict(p.health) for p in self.pollers],
         }
-        path = self.cfg.data_dir / "status.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status, indent=1))
-        os.replace(tmp, path)
+        plan = self.plan_status()
+        if plan is not None:
+            status["plan"] = plan
+        _write_atomic(self.cfg.data_dir / "status.json", json.dumps(status, indent=1))
 
     async def _retention(self) -> None:
         while True:
@@ -163,6 +236,9 @@ class Gateway:
             asyncio.create_task(self._status_writer(), name="status"),
             asyncio.create_task(self._retention(), name="retention"),
         ]
+        if self.control is not None and self.home is not None:
+            run = self.control.run(self._control_poll, self._control_send, self.home.cfg.cycle_s)
+            tasks.append(asyncio.create_task(run, name="control"))
         try:
             await stop.wait()
         finally:
@@ -174,6 +250,8 @@ class Gateway:
             log.info("gateway %s stopped; %d readings stored", self.cfg.gateway_id, self.written)
 
     async def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
         await self.flush()
         self.write_status()
         for p in self.pollers:
@@ -186,6 +264,12 @@ class Gateway:
         if self.store is not None:
             await self._db(self.store.close)
         self._db_thread.shutdown(wait=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def read_status(data_dir: Path) -> dict[str, Any] | None:

@@ -33,6 +33,10 @@ class SimHome:
         return ep
 
     async def control(self, message: dict[str, Any]) -> dict[str, Any]:
+        async with asyncio.timeout(10):  # a test fails, never hangs, if the simulator is stuck
+            return await self._control(message)
+
+    async def _control(self, message: dict[str, Any]) -> dict[str, Any]:
         ctl = self.endpoints["control"]
         reader, writer = await asyncio.open_connection(ctl["host"], ctl["port"])
         writer.write(json.dumps(message).encode() + b"\n")

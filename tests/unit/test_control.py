@@ -420,3 +420,42 @@ def test_a_request_is_planned_for(clock: FakeClock) -> None:
     assert [(r.id, r.kind, r.met) for r in plan.requests] == [("r1", "request", True)]
     assert max(plan.net_w[1:3]) <= 1e-6
     loop.close()
+
+
+def test_inputs_that_cannot_be_built_keep_the_plan_in_force(clock: FakeClock) -> None:
+    make = home(CHEAP_FIRST)
+    broken = False
+
+    def flaky(now: float, snap: Snapshot) -> PlanInputs:
+        if broken:
+            raise ValueError("prices.yaml:3: import_price: not a number")
+        return make(now, snap)
+
+    loop = ControlLoop(clock, "meter", flaky)
+    loop.cycle(normal(clock))
+    settle(loop)
+    clock.t += 5
+    loop.cycle(normal(clock))
+    assert loop.plan is not None
+    plan = loop.plan[0]
+    broken = True
+    clock.t = T0 + PTU_SECONDS + 1  # a new PTU wants a plan; its inputs cannot be built
+    cmds = loop.cycle(normal(clock))
+    assert loop.pending is None  # the first solve was taken, no new one started
+    assert loop.last_error == (
+        "cannot build the planner's inputs: prices.yaml:3: import_price: not a number"
+    )
+    assert values(cmds) == pytest.approx(planned(plan, 1))
+    # once they can be built again, the wanted plan follows at the next cycle
+    broken = False
+    clock.t += 5
+    loop.cycle(normal(clock))
+    assert loop.pending is not None
+    settle(loop)
+    assert reasons(loop) == ["new PTU", "new PTU"]
+    # past the plan with no inputs at all: no commands, devices keep their own settings
+    broken = True
+    clock.t = T0 + 20 * PTU_SECONDS
+    assert loop.cycle(normal(clock)) == []
+    assert loop.current is None
+    loop.close()
