@@ -18,6 +18,7 @@ from homeflex.edge.planner.devices.heat_pump import HeatPumpSpec
 from homeflex.edge.planner.fallback import fallback_plan
 from homeflex.edge.planner.inputs import FlexOrder, PlanInputs, Request
 from homeflex.edge.planner.planner import NoPlan, Plan, solve
+from tests.fakeclock import FakeClock
 
 T0 = datetime(2026, 1, 15, 6, tzinfo=UTC).timestamp()
 N = 8  # two-hour plans keep each solve in milliseconds
@@ -26,20 +27,6 @@ EV_A = 16 * 3 * 230.0 / 690.0  # the car's 16 A, as amps (690 W per A on three p
 
 def at(t: int) -> datetime:
     return datetime.fromtimestamp(T0 + t * PTU_SECONDS, UTC)
-
-
-class FakeClock:
-    def __init__(self, now: float) -> None:
-        self.t = now
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-    async def sleep_until(self, instant: float) -> None:
-        self.t = max(self.t, instant)
 
 
 def home(prices: list[float], car_wh: float = 5000) -> Callable[[float, Snapshot], PlanInputs]:

@@ -27,6 +27,7 @@ from homeflex.edge.planner.fallback import fallback_plan
 from homeflex.edge.planner.forecast import DAY_S, clear_sky_shape
 from homeflex.edge.planner.inputs import PlanInputs
 from homeflex.edge.store import Store
+from tests.fakeclock import FakeClock
 
 T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC).timestamp()  # a Monday, midnight UTC
 NOW = T0 + 6 * 3600 + 7 * 60  # 06:07 UTC = 08:07 local: PTU 06:00 UTC
@@ -282,7 +283,7 @@ def test_a_malformed_price_file_keeps_the_last_good_prices(
     assert message in home.prices.error
     assert "keeping the last prices" in home.prices.error
     # the loop plans on the last good prices
-    loop = ControlLoop(_Clock(NOW), "meter", home.make_inputs, planner=fallback_plan)
+    loop = ControlLoop(FakeClock(NOW), "meter", home.make_inputs, planner=fallback_plan)
     try:
         assert loop.request_plan()
         assert loop.pending is not None
@@ -298,20 +299,6 @@ def test_a_malformed_price_file_keeps_the_last_good_prices(
     assert home.prices.reload()
     assert home.prices.error == ""
     assert home.make_inputs(NOW, snapshot()).import_price[4] == 0.45
-
-
-class _Clock:
-    def __init__(self, now: float) -> None:
-        self.t = now
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-    async def sleep_until(self, instant: float) -> None:
-        self.t = max(self.t, instant)
 
 
 def test_config_mistakes_are_reported_by_the_planner_specs(tmp_path: Path) -> None:
