@@ -27,7 +27,14 @@ from homeflex.clock import PTU_SECONDS
 
 DEFAULT_START = datetime(2026, 6, 1, tzinfo=UTC)
 STARTUP_S = 4.0  # real seconds given to both processes to start before simulated time begins
+TAIL_S = 1800.0  # simulated seconds the devices run on after the gateway has stopped
 POLL_S = {"meter": 10.0, "pv": 10.0, "battery": 10.0, "heat_pump": 30.0, "ev_charger": 30.0}
+# Mean power per PTU of a cycle, as an installer reads it off the appliance's programme table;
+# these are firmware-sim's default programmes.
+CYCLE_PROFILE_W = {
+    "washing_machine": [1366.7, 1383.3, 150.0, 150.0, 150.0, 150.0, 300.0, 433.3],
+    "dishwasher": [633.3, 1800.0, 100.0, 100.0, 100.0, 100.0, 1800.0, 20.0, 20.0, 20.0, 20.0, 20.0],
+}
 
 
 def _repo() -> Path:
@@ -131,6 +138,16 @@ def home_section(home: dict[str, Any], prices_file: Path) -> dict[str, Any]:
                     "min_off_ptus": 2,
                 }
             )
+    zigbee = home.get("zigbee") or {}
+    for app in zigbee.get("appliances", []):
+        devices.append(
+            {
+                "kind": "appliance",
+                "id": app["id"],
+                "profile_w": CYCLE_PROFILE_W[app["kind"]],
+                "finish_by": app["finish_by"],
+            }
+        )
     return {
         "meter": "meter",
         "site": home["site"],
@@ -284,7 +301,7 @@ def run_single_home(
             "--anchor",
             str(anchor),
             "--duration",
-            str(duration),
+            str(duration + TAIL_S),
         ],
         stdout=sim_log,
         stderr=subprocess.STDOUT,
@@ -310,20 +327,32 @@ def run_single_home(
             f"logs in {workdir}",
             flush=True,
         )
-        sim.wait(timeout=real_s + 60)
+        # the gateway stops first, while its devices still answer: its last plan is a whole one
+        while time.time() < anchor + duration / speed:
+            if sim.poll() is not None:
+                raise RuntimeError(
+                    f"the simulator failed (exit {sim.returncode}); see {workdir / 'sim.log'}"
+                )
+            if gw.poll() is not None:
+                raise RuntimeError(
+                    f"the gateway stopped (exit {gw.returncode}); see {workdir / 'gateway.log'}"
+                )
+            time.sleep(0.2)
+        _stop(gw)
+        sim.wait(timeout=TAIL_S / speed + 60)
         if sim.returncode != 0:
             raise RuntimeError(
                 f"the simulator failed (exit {sim.returncode}); see {workdir / 'sim.log'}"
-            )
-        if gw.poll() is not None:
-            raise RuntimeError(
-                f"the gateway stopped (exit {gw.returncode}); see {workdir / 'gateway.log'}"
             )
     finally:
         if gw is not None:
             _stop(gw)
         _stop(sim)
     return summary(workdir, cfg_path)
+
+
+def _local(ts: float, offset_h: float) -> str:
+    return datetime.fromtimestamp(ts + 3600 * offset_h, UTC).strftime("%H:%M")
 
 
 def summary(workdir: Path, cfg_path: Path) -> str:
@@ -334,6 +363,7 @@ def summary(workdir: Path, cfg_path: Path) -> str:
     from homeflex.edge.store import Store
 
     cfg = load_config(cfg_path, GatewayConfig)
+    offset_h = cfg.home.site.utc_offset_h if cfg.home else 0.0
     cmp = compare_meter(cfg.store.path, workdir / "sim" / "meter_ptu.csv")
     lines = [
         f"home {cfg.gateway_id}: {cmp.ptus} complete PTUs stored",
@@ -351,7 +381,15 @@ def summary(workdir: Path, cfg_path: Path) -> str:
             ptus = store.ptu_energy(dev.id, 0, 1e12)
             imp = sum(p.import_wh for p in ptus) / 1000
             exp = sum(p.export_wh for p in ptus) / 1000
-            lines.append(f"    {dev.id:<14} {imp:8.3f} / {exp:8.3f}")
+            line = f"    {dev.id:<14} {imp:8.3f} / {exp:8.3f}"
+            running = [p.ptu_start for p in ptus if p.import_wh > 5]  # more than standby
+            if dev.template == "zigbee-appliance" and running:
+                first, last = (
+                    _local(running[0], offset_h),
+                    _local(running[-1] + PTU_SECONDS, offset_h),
+                )
+                line += f"   ran {first}–{last} local"
+            lines.append(line)
         meter = next((d for d in cfg.devices if d.id == "meter"), None)
         if meter is not None:
             readings = store.readings("meter", Quantity.POWER_W, 0, 1e12)
