@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ BATCH_MAX = 5000
 FLUSH_EVERY_S = 0.5  # real seconds between store commits while readings arrive
 STATUS_EVERY_S = 2.0
 RETENTION_EVERY_S = 3600.0  # gateway-clock seconds
+STOP_TIMEOUT_S = 10.0  # real seconds the tasks, then the devices and the store, get to stop
 RETENTION_CHUNK = 20_000
 # While the store cannot be written (disk full, SD card failing) readings wait in memory up to this
 # many; then the oldest go. Counters are cumulative, so the energy they carried is not lost.
@@ -245,8 +247,15 @@ class Gateway:
             log.info("gateway %s stopping", self.cfg.gateway_id)
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.close()
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            for t in pending:  # stopping must never hang the daemon: say what did not stop
+                where = io.StringIO()
+                t.print_stack(file=where)
+                log.error("task %s did not stop; left behind\n%s", t.get_name(), where.getvalue())
+            try:
+                await asyncio.wait_for(self.close(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.error("closing devices and store took over %.0f s; gave up", STOP_TIMEOUT_S)
             log.info("gateway %s stopped; %d readings stored", self.cfg.gateway_id, self.written)
 
     async def close(self) -> None:

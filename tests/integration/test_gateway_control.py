@@ -130,7 +130,7 @@ async def running(
             assert not task.done(), "the gateway stopped on its own"
         finally:
             stop.set()
-            await task
+            await asyncio.wait_for(task, 30)  # the gateway bounds its own stop; never hang here
 
 
 async def battery_until(sim: SimHome, until: float) -> list[tuple[float, float, float]]:
