@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 
 PY=${PYTHON:-python3}
 VENV=.venv
-APT_PACKAGES=()   # system packages the tests need (none yet for the gateway foundation)
+APT_PACKAGES=(mosquitto)   # system packages the tests need: mosquitto (MQTT broker)
 
 setup() {
     if [ ${#APT_PACKAGES[@]} -gt 0 ]; then

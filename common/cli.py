@@ -255,6 +255,9 @@ def demo(home: Path | None, speed: float, hours: float, workdir: Path) -> None:
 
 # Subcommands that live with what they run; each module defines one click command or group.
 # (one line per module, so that changes to one never touch another's)
+from homeflex.cloud.mqtt.command import mqtt as _cloud_mqtt  # noqa: E402
+
+cloud.add_command(_cloud_mqtt)
 
 if __name__ == "__main__":
     main()

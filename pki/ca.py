@@ -169,6 +169,13 @@ class FleetCA:
             raise CaError("the certificate request's key must be an elliptic-curve P-256 key")
         if not 0 < days <= 397:
             raise CaError(f"validity of {days} days: must be 1 to 397")
+        held = {i.role for i in self.issued(identity.name)} - {identity.role}
+        if held:
+            # services are authorised by name (the MQTT ACL sees only the CN): one name, one role
+            raise CaError(
+                f"{identity.name}: the name is already held by a {held.pop().value}; "
+                f"a {identity.role.value} needs a name of its own"
+            )
         now = datetime.now(UTC)
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
         if identity.role in SERVER_ROLES:

@@ -150,3 +150,9 @@ def test_tls_contexts_verify_both_sides(
     fleet_ca.revoke(box.certificate().serial_number)
     broker.crl_path.write_bytes(fleet_ca.publish_crl().read_bytes())
     assert handshake(broker, client_context(box)).startswith("refused")
+
+
+def test_a_name_keeps_its_role(fleet_ca: FleetCA, creds: CredsFactory) -> None:
+    creds(Identity("ingest", Role.SERVICE))
+    with pytest.raises(CaError, match="already held by a service"):
+        creds(Identity("ingest", Role.HOME))
