@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from homeflex.clock import Clock, ScaledClock, SystemClock
 from homeflex.edge.home import HomeConfig
@@ -35,6 +35,20 @@ class ClockConfig(Strict):
         return ScaledClock(start=self.start.timestamp(), speed=self.speed, anchor=self.anchor)
 
 
+MODBUS_TLS_PORT = 802  # IANA: mbap/tls, Modbus/TCP Security
+
+
+class ModbusTlsConfig(Strict):
+    """Modbus/TCP Security: mutual TLS. The device's certificate must chain to our root, not be
+    revoked, and carry the name below; the gateway shows its own (`credentials`)."""
+
+    server_name: str | None = Field(
+        None,
+        description="the DNS name (or IP address) the device's certificate must carry, when it "
+        "is not `host`, e.g. `meter-1` while `host` is an IP address",
+    )
+
+
 class ModbusDeviceConfig(Strict):
     protocol: Literal["modbus"]
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -47,6 +61,25 @@ class ModbusDeviceConfig(Strict):
     pause_s: float = Field(
         0.0, ge=0, le=5, description="pause between requests on a shared bus, in real seconds"
     )
+    tls: ModbusTlsConfig | None = Field(
+        None,
+        description="connect with Modbus/TCP Security (`true`, or `{server_name: ...}`); "
+        f"the port then defaults to {MODBUS_TLS_PORT}",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_port(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("tls") not in (None, False) and "port" not in data:
+            data = {**data, "port": MODBUS_TLS_PORT}
+        return data
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_flag(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
 
 
 class ZigbeeDeviceConfig(Strict):
@@ -91,6 +124,18 @@ class GatewayConfig(Strict):
     home: HomeConfig | None = Field(
         None, description="what the gateway needs to plan and drive the home; absent: monitor only"
     )
+    credentials: Path | None = Field(
+        None,
+        description="the directory holding the box's key.pem, cert.pem, ca.pem and crl.pem "
+        "(written by its enrollment); needed when a device uses `tls`",
+    )
+    security_log: Path | None = Field(
+        None, description="the security event log; default <data_dir>/security.log"
+    )
+
+    @property
+    def security_log_path(self) -> Path:
+        return self.security_log or self.data_dir / "security.log"
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
@@ -103,4 +148,23 @@ class GatewayConfig(Strict):
             raise ValueError("zigbee devices are listed but there is no `zigbee:` radio section")
         if self.home is not None:
             self.home.check_devices(seen)
+        self._check_tls()
         return self
+
+    def _check_tls(self) -> None:
+        modbus = [d for d in self.devices if isinstance(d, ModbusDeviceConfig)]
+        tls = [d.id for d in modbus if d.tls is not None]
+        if tls and self.credentials is None:
+            raise ValueError(
+                f"devices {', '.join(tls)} use tls but there is no `credentials:` directory "
+                "(the box's key.pem, cert.pem, ca.pem and crl.pem)"
+            )
+        # devices at one host:port share one connection, so they share its TLS settings too
+        first: dict[tuple[str, int], ModbusDeviceConfig] = {}
+        for dev in modbus:
+            other = first.setdefault((dev.host, dev.port), dev)
+            if other.tls != dev.tls:
+                raise ValueError(
+                    f"devices {other.id} and {dev.id} share {dev.host}:{dev.port} but not its "
+                    "`tls:` settings; give them the same"
+                )

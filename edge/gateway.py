@@ -25,6 +25,7 @@ from homeflex.edge.config import GatewayConfig, ModbusDeviceConfig, ZigbeeDevice
 from homeflex.edge.control import Command, ControlLoop
 from homeflex.edge.devices.capabilities import Device, Reading
 from homeflex.edge.devices.modbus import ModbusDevice, ModbusLink
+from homeflex.edge.devices.modbus_tls import ClientContexts, ModbusTls
 from homeflex.edge.devices.templates import load_modbus_template
 from homeflex.edge.home import Home, send
 from homeflex.edge.planner.inputs import PlanInputs
@@ -32,6 +33,7 @@ from homeflex.edge.planner.kpi import report
 from homeflex.edge.planner.planner import Plan, plan_to_json, solve
 from homeflex.edge.poller import Poller
 from homeflex.edge.store import Store
+from homeflex.security import SecurityLog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,6 +78,9 @@ class Gateway:
         self._for_control: list[Reading] = []
         self._history_ptu: float | None = None
         self._plan_written: Plan | None = None
+        self.security: SecurityLog | None = None  # opened by start()
+        # one context source for every TLS link: it follows the credentials on disk
+        self._tls_contexts = ClientContexts(cfg.credentials) if cfg.credentials else None
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
@@ -83,6 +88,7 @@ class Gateway:
     async def start(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = await self._db(Store.open, self.cfg.store.path)
+        self.security = SecurityLog(self.cfg.security_log_path)
         if self.cfg.zigbee is not None:
             from homeflex.edge.devices.zigbee import (
                 ZigbeeGateway,  # only boxes with a radio need zigpy
@@ -112,9 +118,16 @@ class Gateway:
             key = (dev_cfg.host, dev_cfg.port)
             link = self.links.get(key)
             if link is None:
+                tls = None
+                if dev_cfg.tls is not None:
+                    assert self._tls_contexts is not None  # the config demands credentials
+                    name = dev_cfg.tls.server_name or dev_cfg.host
+                    tls = ModbusTls(self._tls_contexts, name, self.security)
                 link = self.links[key] = ModbusLink(
-                    dev_cfg.host, dev_cfg.port, dev_cfg.timeout_s, dev_cfg.pause_s
+                    dev_cfg.host, dev_cfg.port, dev_cfg.timeout_s, dev_cfg.pause_s, tls
                 )
+            if link.tls is not None:
+                link.tls.devices.append(dev_cfg.id)
             link.pause_s = max(link.pause_s, dev_cfg.pause_s)
             return ModbusDevice(dev_cfg, template, link, self.clock)
         assert self.zigbee is not None  # the config validator demands a radio for zigbee devices

@@ -1,4 +1,5 @@
 """Modbus TCP driver: one connection per endpoint, template-driven reads, confirmed writes.
+With `tls` a link speaks Modbus/TCP Security (see modbus_tls.py).
 
 Many inverters accept a single Modbus TCP client and RS-485 gateways share one bus between unit
 ids, so every device at the same host:port goes through one `ModbusLink`, which serialises the
@@ -24,6 +25,7 @@ from homeflex.edge.devices.capabilities import (
     Quantity,
     Reading,
 )
+from homeflex.edge.devices.modbus_tls import ModbusTls
 from homeflex.edge.devices.templates import Block, ModbusTemplate, Register
 
 log = logging.getLogger(__name__)
@@ -45,11 +47,23 @@ CLOCK_REGISTER = "clock_s"
 class ModbusLink:
     """The one TCP connection to a Modbus endpoint (a device or an RS-485 gateway)."""
 
-    def __init__(self, host: str, port: int, timeout_s: float, pause_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout_s: float,
+        pause_s: float = 0.0,
+        tls: ModbusTls | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self.pause_s = pause_s
-        self._client = AsyncModbusTcpClient(
-            host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0
+        self.tls = tls
+        self._client = (
+            tls.client(host, port, timeout_s)
+            if tls is not None
+            else AsyncModbusTcpClient(
+                host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0
+            )
         )
         self._lock = asyncio.Lock()
         self._last_request = 0.0
@@ -73,6 +87,8 @@ class ModbusLink:
             # Back off 0.5 s, 1 s, 2 s … up to 30 s of real time: a device that is down or busy
             # with another client should not be hammered.
             self._retry_at = now + min(30.0, 0.5 * 2 ** (self._failures - 1))
+            if self.tls is not None and self.tls.failure is not None:
+                raise DeviceError(self._tls_message(f"attempt {self._failures}"))
             raise DeviceError(
                 f"{self.where}: cannot connect (attempt {self._failures}); "
                 "check the address, and that no other client holds the device"
@@ -113,6 +129,8 @@ class ModbusLink:
                 rr = await call()
             except ModbusException as exc:
                 self._drop()
+                if self.tls is not None and self.tls.failure is not None:
+                    raise DeviceError(self._tls_message(f"unit {unit}, {what}")) from None
                 raise DeviceError(f"{self.where} unit {unit}: no answer {what} ({exc})") from None
             finally:
                 self._last_request = time.monotonic()
@@ -123,6 +141,11 @@ class ModbusLink:
                 f"({EXCEPTION_NAMES.get(code, 'unknown')}) {what}"
             )
         return rr
+
+    def _tls_message(self, when: str) -> str:
+        assert self.tls is not None and self.tls.failure is not None
+        devices = ", ".join(self.tls.devices) or "?"
+        return f"{devices} at {self.where}: TLS ({when}): {self.tls.failure.reason}"
 
     async def _pause(self) -> None:
         wait = self._last_request + self.pause_s - time.monotonic()

@@ -46,6 +46,27 @@ class ModbusSpec(Strict):
     template: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
 
 
+class TlsSpec(Strict):
+    """Modbus/TCP Security: the device serves TLS (1.2 or later) and accepts only clients whose
+    certificate chains to `ca` (mutual TLS). Paths are PEM files, relative to the home file."""
+
+    cert: Path = Field(description="the device's certificate, followed by its CA's")
+    key: Path = Field(description="the device's private key (unencrypted)")
+    ca: Path = Field(description="the root the clients' certificates must chain to")
+    crl: Path | None = Field(
+        None, description="the clients' CA's revocation list; without it revoked clients get in"
+    )
+
+    def relative_to(self, base: Path) -> TlsSpec:
+        """The same files, relative paths taken from `base` (the home file's folder)."""
+        return TlsSpec(
+            cert=base / self.cert,
+            key=base / self.key,
+            ca=base / self.ca,
+            crl=base / self.crl if self.crl is not None else None,
+        )
+
+
 class FaultSpec(Strict):
     fault: FaultName
     code: int = Field(4, ge=1, le=255, description="exception code for `exception`")
@@ -54,6 +75,7 @@ class FaultSpec(Strict):
 class DeviceBase(Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
     modbus: ModbusSpec
+    tls: TlsSpec | None = Field(None, description="serve Modbus/TCP Security instead of plain TCP")
     faults: list[FaultSpec] = []
 
 
@@ -160,6 +182,12 @@ class HomeSpec(Strict):
         clash = sorted({u for u in units if units.count(u) > 1})
         if clash:
             raise ValueError(f"several devices on the same Modbus port and unit: {clash}")
+        tls_by_port: dict[int, TlsSpec | None] = {}
+        for d in self.devices:
+            if d.modbus.port and tls_by_port.setdefault(d.modbus.port, d.tls) != d.tls:
+                raise ValueError(
+                    f"port {d.modbus.port}: devices sharing a port share its `tls:` (device {d.id})"
+                )
         meters = [d.id for d in self.devices if d.kind == "meter"]
         if len(meters) != 1:
             raise ValueError(f"a home has exactly one meter, found {len(meters)}")
@@ -245,4 +273,9 @@ def load_home(path: Path) -> HomeSpec:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise HomeFileError(f"{path}: cannot read the home file ({exc.strerror})") from None
-    return parse_home(text, str(path))
+    spec = parse_home(text, str(path))
+    devices = [
+        d.model_copy(update={"tls": d.tls.relative_to(path.parent)}) if d.tls else d
+        for d in spec.devices
+    ]
+    return spec.model_copy(update={"devices": devices})

@@ -1,17 +1,21 @@
 """Modbus TCP servers (pymodbus) in front of register devices: several units may share a port,
-like devices behind an RS-485 gateway. Faults are applied per request and per connection here."""
+like devices behind an RS-485 gateway. Faults are applied per request and per connection here.
+A port may serve Modbus/TCP Security instead (the same MBAP frames inside TLS)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any, cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse
 from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.transport import CommParams, CommType
 
 from homeflex_sim.register_device import RegisterDevice
 
@@ -90,11 +94,32 @@ class _Connection(ServerRequestHandler):
 
 
 class DeviceServer(ModbusTcpServer):
-    """One listening port and the units behind it. An unknown unit gets exception 0x0B."""
+    """One listening port and the units behind it. An unknown unit gets exception 0x0B.
+    With `sslctx` the port speaks Modbus/TCP Security; the context decides whom it admits."""
 
-    def __init__(self, host: str, port: int, devices: list[RegisterDevice]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        devices: list[RegisterDevice],
+        sslctx: ssl.SSLContext | None = None,
+    ) -> None:
+        framer = FramerType.SOCKET
+        if sslctx is not None:
+            # What pymodbus's ModbusTlsServer does: ModbusTcpServer listens with `tls_setup`
+            # when it is set. Subclassing ModbusTlsServer instead would fork this class.
+            self.tls_setup = CommParams(
+                comm_type=CommType.TLS,
+                comm_name="server_listener",
+                reconnect_delay=0.0,
+                reconnect_delay_max=0.0,
+                timeout_connect=0.0,
+                sslctx=sslctx,
+            )
+            framer = FramerType.TLS
+        self.tls = sslctx is not None
         # The server's own datastore stays empty: requests are answered by `_Units` below.
-        super().__init__([], address=(host, port))
+        super().__init__([], framer=framer, address=(host, port))
         self.units = _Units({d.unit: d for d in devices})
         self.context = self.units  # type: ignore[assignment]  # duck-typed datastore
         self.port = port

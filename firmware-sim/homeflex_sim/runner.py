@@ -19,6 +19,7 @@ from homeflex_sim.home import Home
 from homeflex_sim.homefile import HomeSpec
 from homeflex_sim.modbus import DeviceServer
 from homeflex_sim.register_device import RegisterDevice
+from homeflex_sim.tls import server_context
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
@@ -31,14 +32,22 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def build_servers(home: Home) -> list[DeviceServer]:
-    """One server per port; devices asking for port 0 each get their own free port."""
+    """One server per port; devices asking for port 0 each get their own free port. A port
+    whose devices have `tls:` serves Modbus/TCP Security (the home file makes them agree)."""
     by_port: dict[int, list[RegisterDevice]] = defaultdict(list)
     alone: list[RegisterDevice] = []
     for spec in home.spec.devices:
         device = home.devices[spec.id]
         (by_port[spec.modbus.port] if spec.modbus.port else alone).append(device)
     groups = [*by_port.items(), *((0, [d]) for d in alone)]
-    return [DeviceServer(HOST, port, devices) for port, devices in groups]
+    tls = {spec.id: spec.tls for spec in home.spec.devices}
+    servers = []
+    for port, devices in groups:
+        tls_spec = tls[devices[0].id]
+        ids = ", ".join(d.id for d in devices)
+        ctx = server_context(tls_spec, ids) if tls_spec is not None else None
+        servers.append(DeviceServer(HOST, port, devices, ctx))
+    return servers
 
 
 async def run(
@@ -81,6 +90,7 @@ async def run(
                     "port": port,
                     "unit": unit,
                     "template": device.template.name,
+                    "tls": server.tls,
                 }
         control_server = ControlServer(Control(home, stopping.set, {"clock": endpoints["clock"]}))
         endpoints["control"] = {"host": HOST, "port": await control_server.start(HOST, 0)}
