@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 
 PY=${PYTHON:-python3}
 VENV=.venv
-APT_PACKAGES=(mosquitto)   # system packages the tests need: mosquitto (MQTT broker)
+APT_PACKAGES=(mosquitto prosody)   # system packages the tests need: mosquitto (MQTT broker), prosody (XMPP)
 
 setup() {
     if [ ${#APT_PACKAGES[@]} -gt 0 ]; then

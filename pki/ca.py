@@ -8,7 +8,9 @@ trusts), `registry.db` (issued certificates and revocations), `crl.pem` (publish
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -292,7 +294,10 @@ class FleetCA:
     def publish_crl(self) -> Path:
         """Write `crl.pem` atomically (readers never see half a list); its path."""
         path = self.dir / "crl.pem"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(self.crl().public_bytes(serialization.Encoding.PEM))
-        tmp.replace(path)
+        # a temporary name of its own: the service and an operator's command may publish at once
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".crl-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(self.crl().public_bytes(serialization.Encoding.PEM))
+        os.chmod(tmp, 0o644)  # the list is public
+        os.replace(tmp, path)
         return path
