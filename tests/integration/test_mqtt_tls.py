@@ -35,7 +35,8 @@ from homeflex.pki.ca import FleetCA
 from homeflex.pki.identity import Identity, Role
 from homeflex.pki.trust import client_context
 from homeflex.security import Event, SecurityLog, verify_chain
-from tests.pki_fixtures import CredsFactory, make_fleet  # fixtures: tests/conftest.py
+from tests.pki_fixtures import CredsFactory, make_fleet
+from tests.recording_proxy import recording_proxy  # fixtures: tests/conftest.py
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs mosquitto")
 
@@ -401,3 +402,23 @@ def test_a_connected_box_is_cut_off_when_its_revocation_is_published(
     finally:
         stop.set()
         runner.join(10)
+
+
+def test_a_capture_of_the_traffic_holds_none_of_the_payload(
+    broker: Broker, creds: CredsFactory
+) -> None:
+    """Seed 004 TST-SEC#08: the bytes between box, broker and service, recorded on the way,
+    hold neither the payload nor the topic."""
+    marker = b"meter box-a 2026-06-01T18:00 import 1234.5 Wh"
+    got: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    with recording_proxy(("127.0.0.1", broker.port)) as proxy:
+        box = MqttLink(creds(Identity("box-a", HOME)), "127.0.0.1", proxy.port, timeout=3.0)
+        ingest = MqttLink(creds(INGEST_ID), "127.0.0.1", proxy.port, timeout=3.0)
+        with box, ingest:
+            ingest.subscribe(ALL_BOXES, collector(got))
+            box.publish(box_topic("box-a", "telemetry"), marker)
+            assert got.get(timeout=3) == ("homeflex/box/box-a/telemetry", marker)
+        captured = proxy.captured()
+    assert b"\x17\x03\x03" in captured and len(captured) > 2 * len(marker)
+    for known in (marker, b"1234.5", b"homeflex/box", b"box-a/telemetry"):
+        assert known not in captured
