@@ -129,6 +129,15 @@ class GatewayConfig(Strict):
         description="the directory holding the box's key.pem, cert.pem, ca.pem and crl.pem "
         "(written by its enrollment); needed when a device uses `tls`",
     )
+    enrollment_url: str | None = Field(
+        None,
+        pattern=r"^https://",
+        description="the aggregator's enrollment service (https://host:port): the box fetches "
+        "the revocation list there and renews its certificate before it expires",
+    )
+    credentials_refresh_s: float = Field(
+        3600.0, ge=10, description="real seconds between revocation list fetches"
+    )
     security_log: Path | None = Field(
         None, description="the security event log; default <data_dir>/security.log"
     )
@@ -154,6 +163,8 @@ class GatewayConfig(Strict):
     def _check_tls(self) -> None:
         modbus = [d for d in self.devices if isinstance(d, ModbusDeviceConfig)]
         tls = [d.id for d in modbus if d.tls is not None]
+        if self.enrollment_url and self.credentials is None:
+            raise ValueError("`enrollment_url` is set but there is no `credentials:` directory")
         if tls and self.credentials is None:
             raise ValueError(
                 f"devices {', '.join(tls)} use tls but there is no `credentials:` directory "

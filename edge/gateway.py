@@ -230,6 +230,26 @@ class Gateway:
             status["plan"] = plan
         _write_atomic(self.cfg.data_dir / "status.json", json.dumps(status, indent=1))
 
+    async def _credential_upkeep(self) -> None:
+        """Fetch the revocation list every `credentials_refresh_s` and renew the certificate
+        once it is due (two thirds of its life), in real time: certificates do not follow a
+        simulated clock. A failure (aggregator unreachable) is logged and tried again next
+        time; the list in hand stays valid for two days, the certificate for weeks."""
+        url, creds = self.cfg.enrollment_url, self.cfg.credentials
+        if url is None or creds is None:
+            return
+        from homeflex.edge.enroll import refresh_crl, renew
+
+        while True:
+            try:
+                await asyncio.to_thread(refresh_crl, url, creds)
+                renewed = await asyncio.to_thread(renew, url, creds)
+                if renewed is not None:
+                    log.info("certificate renewed; valid until %s", renewed.isoformat())
+            except Exception as exc:  # network, a refusal: keep what we have, try again
+                log.warning("credentials upkeep with %s failed: %s", url, exc)
+            await asyncio.sleep(self.cfg.credentials_refresh_s)
+
     async def _retention(self) -> None:
         while True:
             await self.clock.sleep(RETENTION_EVERY_S)
@@ -250,6 +270,7 @@ class Gateway:
             asyncio.create_task(self._writer(), name="writer"),
             asyncio.create_task(self._status_writer(), name="status"),
             asyncio.create_task(self._retention(), name="retention"),
+            asyncio.create_task(self._credential_upkeep(), name="credentials"),
         ]
         if self.control is not None and self.home is not None:
             run = self.control.run(self._control_poll, self._control_send, self.home.cfg.cycle_s)
