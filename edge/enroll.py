@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 from homeflex.pki.bundle import Credentials
 from homeflex.pki.identity import Identity, Role
 from homeflex.pki.keys import generate_key, load_key
-from homeflex.pki.trust import TrustError, TrustStore, client_context
+from homeflex.pki.trust import TrustError, TrustStore, check_crl, client_context
 
 XMPP_FILE = "xmpp.json"
 MAX_ANSWER = 1024 * 1024
@@ -247,16 +247,10 @@ def refresh_crl(
         crl = x509.load_pem_x509_crl(raw)
     except ValueError as exc:
         raise EnrollError(f"{url}/crl.pem: not a PEM CRL ({exc})") from None
-    fleet = creds.chain()[1]
-    key = fleet.public_key()
-    if (
-        crl.issuer != fleet.subject
-        or not isinstance(key, ec.EllipticCurvePublicKey)
-        or not crl.is_signature_valid(key)
-    ):
-        raise EnrollError(f"{url}/crl.pem: not signed by our fleet CA")
-    if crl.next_update_utc is not None and now > crl.next_update_utc:
-        raise EnrollError(f"{url}/crl.pem: out of date since {crl.next_update_utc:%Y-%m-%d %H:%M}")
+    try:
+        check_crl(crl, creds.chain()[1], now)
+    except TrustError as exc:
+        raise EnrollError(f"{url}/crl.pem: {exc.detail}") from None
     if creds.crl_path.exists():
         held = x509.load_pem_x509_crl(creds.crl_path.read_bytes())
         if crl.last_update_utc < held.last_update_utc:

@@ -98,13 +98,7 @@ class TrustStore:
         crl = self.crl
         if crl is None:
             raise TrustError("crl", "no revocation list to check against")
-        if crl.issuer != issuer.subject or not _crl_signed_by(crl, issuer):
-            raise TrustError("crl", "the revocation list is not signed by the certificate's CA")
-        if crl.next_update_utc is not None and at > crl.next_update_utc:
-            raise TrustError(
-                "crl",
-                f"the revocation list is out of date since {_utc(crl.next_update_utc)}",
-            )
+        check_crl(crl, issuer, at)
         entry = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
         if entry is not None:
             raise TrustError(
@@ -112,6 +106,19 @@ class TrustStore:
                 f"{leaf.subject.rfc4514_string()} (serial {leaf.serial_number:x}) was revoked "
                 f"{_utc(entry.revocation_date_utc)}",
             )
+
+
+def check_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, at: datetime) -> None:
+    """TrustError("crl") unless `crl` is signed by `issuer` and still current at `at`: a list
+    that is not is worth nothing, whoever hands it over."""
+    if crl.issuer != issuer.subject or not _crl_signed_by(crl, issuer):
+        raise TrustError(
+            "crl", f"the revocation list is not signed by {issuer.subject.rfc4514_string()}"
+        )
+    if crl.next_update_utc is not None and at > crl.next_update_utc:
+        raise TrustError(
+            "crl", f"the revocation list is out of date since {_utc(crl.next_update_utc)}"
+        )
 
 
 def _utc(t: datetime) -> str:

@@ -28,10 +28,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from homeflex.cloud.mqtt.logwatch import BrokerLogWatch
 from homeflex.mqtt_client import ALL_BOXES, BOX_PREFIX, CLOUD_PREFIX
+from homeflex.pki import trust
 from homeflex.pki.bundle import Credentials
 from homeflex.security import SecurityLog
 
@@ -107,16 +107,10 @@ def check_crl(crl_path: Path, creds: Credentials, now: datetime | None = None) -
     issuer = next((c for c in chain[1:] if c.subject == chain[0].issuer), None)
     if issuer is None:
         raise BrokerError(f"{creds.cert_path}: the fleet CA certificate does not follow the leaf")
-    key = issuer.public_key()
-    if (
-        crl.issuer != issuer.subject
-        or not isinstance(key, ec.EllipticCurvePublicKey)
-        or not crl.is_signature_valid(key)
-    ):
-        raise BrokerError(f"{crl_path}: not signed by {issuer.subject.rfc4514_string()}")
-    now = now or datetime.now(UTC)
-    if crl.next_update_utc is not None and now > crl.next_update_utc:
-        raise BrokerError(f"{crl_path}: out of date since {crl.next_update_utc:%Y-%m-%d %H:%M}")
+    try:
+        trust.check_crl(crl, issuer, now or datetime.now(UTC))
+    except trust.TrustError as exc:
+        raise BrokerError(f"{crl_path}: {exc.detail}") from None
 
 
 def free_port(host: str) -> int:
