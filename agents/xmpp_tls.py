@@ -13,6 +13,8 @@ certificate for another name, or from another CA with the same names, is refused
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,18 @@ from spade.message import Message
 from homeflex.pki.bundle import Credentials
 from homeflex.pki.trust import client_context
 from homeflex.security import SecurityLog
+
+
+def _drop_upload_dir() -> None:
+    # `import spade` imports pyjabber's server, whose HTTP upload module makes a temporary
+    # directory as it is imported; agents never use it, so it must not pile up in /tmp
+    from pyjabber.plugins.xep_0363 import upload_server
+
+    with contextlib.suppress(OSError):
+        os.rmdir(upload_server.TEMP_DIR)
+
+
+_drop_upload_dir()
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ class GatewayConfig(Strict):
         "the revocation list there and renews its certificate before it expires",
     )
     credentials_refresh_s: float = Field(
-        3600.0, ge=10, description="real seconds between revocation list fetches"
+        3600.0, ge=0.1, description="real seconds between revocation list fetches"
     )
     security_log: Path | None = Field(
         None, description="the security event log; default <data_dir>/security.log"

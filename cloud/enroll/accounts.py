@@ -3,25 +3,45 @@
 The account store belongs to the XMPP server (cloud/xmpp); enrollment only needs the two calls
 of `XmppAccounts`. Stores are looked up by name in `ACCOUNT_STORES` so the commands can be
 pointed at one with `--xmpp-accounts NAME[=ARGUMENT]`.
-PENDING: no store is registered here yet; the XMPP server's store is wired in by one line."""
+Stores: `pyjabber=CONFIG` (the embedded server's configuration file) and `prosody=CONFIG` (a
+Prosody configuration file; accounts are made with prosodyctl)."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
+
+from homeflex.configfile import ConfigError
 
 
 class XmppAccounts(Protocol):
-    def add(self, jid: str, password: str) -> None:
-        """Create account `jid` (a bare address) with `password`; raise if it exists."""
+    def add_account(self, jid: str, password: str, *, replace: bool = False) -> None:
+        """Create account `jid` (a bare address) with `password`; `replace`: set a new
+        password on an existing one. Raises if it exists and `replace` is false."""
 
-    def remove(self, jid: str) -> bool:
+    def remove_account(self, jid: str) -> bool:
         """Delete account `jid`; whether it existed."""
 
 
-# name -> factory taking the text after "=" (a database path, say; "" when none was given)
-ACCOUNT_STORES: dict[str, Callable[[str], XmppAccounts]] = {}
+def _pyjabber(config: str) -> XmppAccounts:
+    from homeflex.cloud.xmpp.embedded import PyjabberAccounts, load
+
+    cfg = load(Path(config))
+    return PyjabberAccounts(cfg.database, cfg.domain)
+
+
+def _prosody(config: str) -> XmppAccounts:
+    from homeflex.cloud.xmpp.prosody import ProsodyAccounts
+
+    return ProsodyAccounts(Path(config))
+
+
+# name -> factory taking the text after "=" (a configuration file)
+ACCOUNT_STORES: dict[str, Callable[[str], XmppAccounts]] = {
+    "pyjabber": _pyjabber,
+    "prosody": _prosody,
+}
 
 
 class AccountStoreError(Exception):
@@ -35,9 +55,9 @@ def open_accounts(spec: str) -> XmppAccounts:
     if factory is None:
         known = ", ".join(sorted(ACCOUNT_STORES)) or "none is wired in yet"
         raise AccountStoreError(f"no XMPP account store {name!r} (known: {known})")
-    return factory(argument)
-
-
-def new_password() -> str:
-    """An account password made at enrollment: 192 random bits, URL-safe text."""
-    return secrets.token_urlsafe(24)
+    try:
+        return factory(argument)
+    # a missing or invalid configuration file (ConfigError), an unreadable one (OSError), or
+    # Prosody's sidecar missing (ProsodyError, a RuntimeError): one clear message for the CLI
+    except (ConfigError, OSError, ValueError, RuntimeError) as exc:
+        raise AccountStoreError(f"--xmpp-accounts {spec}: {exc}") from None

@@ -11,7 +11,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from homeflex.cloud.enroll.accounts import XmppAccounts, new_password
+from homeflex.cloud.enroll.accounts import XmppAccounts
 from homeflex.cloud.enroll.registry import (
     CODE_VALIDITY,
     BoxState,
@@ -19,6 +19,7 @@ from homeflex.cloud.enroll.registry import (
     Registry,
     RegistryError,
 )
+from homeflex.cloud.xmpp.domain import new_password
 from homeflex.pki.ca import FleetCA
 from homeflex.pki.identity import Identity, Role
 from homeflex.pki.trust import TrustError, TrustStore
@@ -103,8 +104,7 @@ def enroll(
         identity = Identity(box.name, Role.HOME, xmpp=jid)
         # a re-enrolled box had an account: its old password is on the old card, replace it
         password = new_password()
-        accounts.remove(jid)
-        accounts.add(jid, password)
+        accounts.add_account(jid, password, replace=True)
         cert = fleet.issue(csr, identity)
         registry.mark_enrolled(box.name, cert.serial_number, jid, now)
     return Enrollment(box.name, [cert, *fleet.chain], fleet.root, _crl(fleet), jid, password)
@@ -175,7 +175,7 @@ def revoke_box(
     if box.xmpp and box.xmpp_account:
         removed = False
         if accounts is not None:
-            accounts.remove(box.xmpp)
+            accounts.remove_account(box.xmpp)
             registry.set_xmpp_account(name, False)
             removed = True
     return Revocation(name, serials, crl, box.xmpp, removed)
@@ -201,7 +201,7 @@ def prepare_reenrollment(
     if box.xmpp and box.xmpp_account:
         removed = False
         if accounts is not None:
-            accounts.remove(box.xmpp)
+            accounts.remove_account(box.xmpp)
             registry.set_xmpp_account(name, False)
             removed = True
     return issued, Revocation(name, serials, crl, box.xmpp, removed)

@@ -15,6 +15,9 @@ its state in module globals and singletons):
 - pyjabber forwards a client's `from` attribute as the client wrote it; we stamp every stanza
   with the authenticated address (RFC 6120 §8.1.2.1), so an agent cannot speak as another.
 - Every refusal (no TLS, failed TLS, wrong password, registration attempt) is a security event.
+- Removing an account stops new logins only: pyjabber never looks at the account of a session
+  again. Every `session_check_s` we close the sessions whose account is gone (a revoked box),
+  with a stream error `not-authorized` and the security event `xmpp-session-closed`.
 
 Run: `python -m homeflex.cloud.xmpp.embedded --config xmpp.yaml` (or `homeflex cloud xmpp`);
 it prints `READY <address> <port>` once it accepts connections and stops on SIGTERM/SIGINT.
@@ -26,6 +29,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -99,6 +103,13 @@ class EmbeddedXmppConfig(BaseModel):
         True, description="hold messages for an offline address until it connects (memory only)"
     )
     idle_timeout: int = Field(120, ge=10, description="seconds of silence before a client is cut")
+    session_check_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="seconds between checks that every open session's account still exists; "
+        "a removed account (a revoked box) loses its sessions within this time",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -166,11 +177,15 @@ class PyjabberAccounts:
         con.close()
         return removed > 0
 
-    def accounts(self) -> list[str]:
+    def users(self) -> set[str]:
+        """The user parts of all accounts."""
         with self._connect() as con:
-            rows = con.execute("SELECT jid FROM credentials ORDER BY jid").fetchall()
+            rows = con.execute("SELECT jid FROM credentials").fetchall()
         con.close()
-        return [f"{user}@{self.domain}" for (user,) in rows]
+        return {user for (user,) in rows}
+
+    def accounts(self) -> list[str]:
+        return [f"{user}@{self.domain}" for user in sorted(self.users())]
 
     def check(self, jid: str, password: str) -> bool:
         """Whether `password` is the one stored for `jid` (what the server's login does)."""
@@ -179,6 +194,61 @@ class PyjabberAccounts:
             row = con.execute("SELECT hash_pwd FROM credentials WHERE jid = ?", (user,)).fetchone()
         con.close()
         return row is not None and _password_matches(row[0], password)
+
+
+_ACCOUNT_GONE = (
+    "<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+    "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>account removed</text></stream:error>"
+)
+
+
+def close_orphan_sessions(manager: Any, users: set[str], domain: str, security: SecurityLog) -> int:
+    """Close every open client session of `manager` (pyjabber's ConnectionManager) whose user
+    is not in `users` (the accounts that exist); how many were closed."""
+    closed = 0
+    for peer, client in list(manager._peerList.items()):
+        jid = client.jid
+        transport = client.transport
+        # sessions still negotiating have no address yet; they log in against the database
+        if jid is None or jid.user is None or transport is None or transport.is_closing():
+            continue
+        if jid.domain == domain and jid.user in users:
+            continue
+        transport.write(_ACCOUNT_GONE.encode())
+        manager.close(peer)  # writes </stream:stream> and closes the transport
+        security.record(
+            "xmpp-session-closed",
+            f"{peer[0]}:{peer[1]}",
+            f"session of {jid} closed: its account no longer exists",
+            jid=str(jid),
+        )
+        closed += 1
+    return closed
+
+
+async def _watch_sessions(
+    cfg: EmbeddedXmppConfig, security: SecurityLog, stop: asyncio.Event
+) -> None:
+    """Every `session_check_s`, end the sessions of accounts removed since they logged in."""
+    from pyjabber.network.ConnectionManager import ConnectionManager
+
+    accounts = PyjabberAccounts(cfg.database, cfg.domain)
+    manager = ConnectionManager()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), cfg.session_check_s)
+            return
+        except TimeoutError:
+            pass
+        try:
+            users = await asyncio.to_thread(accounts.users)
+        except sqlite3.Error as exc:  # keep serving; the next round tries again
+            log.error("session check: cannot read accounts from %s: %s", cfg.database, exc)
+            continue
+        try:
+            close_orphan_sessions(manager, users, cfg.domain, security)
+        except Exception:  # a bug here must not stop the checks (or the server)
+            log.exception("session check failed")
 
 
 def _peer(transport: Any) -> str:
@@ -285,6 +355,10 @@ def _harden(security: SecurityLog) -> None:
     # pyjabber's plugin table always contains HTTP upload, whose singleton needs the upload HTTP
     # server we do not start; in its place an answer that the feature is not there
     Singleton._instances[HTTPFieldUpload] = _NoUpload()
+    from pyjabber.plugins.xep_0363 import upload_server
+
+    with contextlib.suppress(OSError):  # made when the module is imported; never used by us
+        os.rmdir(upload_server.TEMP_DIR)
 
     StreamNegotiator._handle_tls = require_tls
     SASL.handle_iq = refuse_registration
@@ -359,6 +433,7 @@ async def serve(
     await Presence().get_all_pending_presence()
     await PubSub().update_memory_from_database()
     worker = asyncio.create_task(queue_worker(), name="pyjabber-queue")
+    watcher = asyncio.create_task(_watch_sessions(cfg, security, stop), name="session-check")
 
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(
@@ -381,7 +456,8 @@ async def serve(
         for peer_transport in _open_transports(ConnectionManager()):
             peer_transport.close()
         worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
+        watcher.cancel()
+        await asyncio.gather(worker, watcher, return_exceptions=True)
         await DB.close_engine_async()
         AppConfig.app_config.process_pool_exe.shutdown(wait=False)
         log.info("XMPP server stopped")

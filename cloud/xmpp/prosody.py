@@ -1,7 +1,15 @@
 """Prosody as the XMPP server: the configuration from packaging/prosody/homeflex.cfg.lua filled
 in for one domain and our service certificate, the server run in the foreground (`prosody -F`)
 with its data in a directory of ours, accounts made with `prosodyctl adduser` (the password on
-standard input, never on a command line).
+standard input, never on a command line) by `ProsodyAccounts`, which finds the domain and data
+directory in a small JSON file written next to the configuration (`homeflex-xmpp.json`; parsing
+Lua for them would be guesswork).
+
+Removing an account while Prosody runs goes through its admin shell (`prosodyctl shell user
+delete JID`, mod_admin_shell over a Unix socket in the data directory): the running server
+deletes the user and fires `user-deleted`, on which mod_c2s closes the account's open sessions
+at once (stream error not-authorized, "Account deleted"). `prosodyctl deluser` would only delete
+the file; a revoked box's session would stay open until it disconnected.
 
 Prosody does the TLS, the refusal of clients without it (`c2s_require_encryption`) and the
 password check itself; `ProsodyServer.record_refusals` turns what it logged about refused
@@ -10,6 +18,7 @@ clients into security events.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,6 +37,7 @@ from homeflex.security import SecurityLog
 TEMPLATE = Path(__file__).resolve().parents[2] / "packaging" / "prosody" / "homeflex.cfg.lua"
 PROSODY = "prosody"
 PROSODYCTL = "prosodyctl"
+SIDECAR = "homeflex-xmpp.json"  # next to the configuration: {"domain": ..., "data_dir": ...}
 
 # the lines packaging/prosody/mod_homeflex_audit.lua writes for a refused client
 _REFUSED = re.compile(r"homeflex-refused (?P<kind>[\w-]+) ip=(?P<ip>\S+) (?P<detail>.*)$")
@@ -39,6 +49,84 @@ class ProsodyError(RuntimeError):
 
 def find_prosody() -> str | None:
     return shutil.which(PROSODY)
+
+
+class ProsodyAccounts:
+    """The accounts of the Prosody set up by `ProsodyServer.write_config(...)` at `config_path`,
+    managed with prosodyctl (which needs no running server, except to end open sessions)."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        sidecar = config_path.parent / SIDECAR
+        try:
+            info = json.loads(sidecar.read_text())
+            self.domain = str(info["domain"])
+            self.data_dir = Path(info["data_dir"])
+        except FileNotFoundError:
+            raise ProsodyError(
+                f"{sidecar}: missing; it is written with the configuration by "
+                "ProsodyServer.write_config"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProsodyError(f"{sidecar}: not the expected JSON ({exc})") from None
+        if not config_path.is_file():
+            raise ProsodyError(f"{config_path}: no Prosody configuration there")
+
+    def _ctl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PROSODYCTL, "--config", str(self.config_path), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    def exists(self, jid: str) -> bool:
+        user = local_part(jid, self.domain)
+        # internal storage: one file per account, named with URL-escaped parts
+        return (
+            self.data_dir / _escape(self.domain) / "accounts" / f"{_escape(user)}.dat"
+        ).is_file()
+
+    def add_account(self, jid: str, password: str, *, replace: bool = False) -> None:
+        """Create account `jid` (`replace`: set a new password on an existing one)."""
+        local_part(jid, self.domain)
+        check_password(jid, password)
+        if "\n" in password:
+            raise AccountError(f"password for {jid}: must be one line")
+        exists = self.exists(jid)
+        if exists and not replace:
+            raise AccountError(f"XMPP account {jid} exists already")
+        # prosodyctl reads the password twice from standard input (no terminal needed)
+        done = self._ctl("passwd" if exists else "adduser", jid, stdin=f"{password}\n{password}\n")
+        if done.returncode != 0:
+            raise ProsodyError(f"prosodyctl could not set up {jid}: {_last_line(done)}")
+
+    def running(self) -> bool:
+        """Whether a Prosody process with this configuration runs (its pid file names a live
+        process and its admin socket is there)."""
+        try:
+            pid = int((self.data_dir / "prosody.pid").read_text().strip())
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return False
+        except PermissionError:  # alive, another user's (prosody's own)
+            pass
+        return (self.data_dir / "prosody.sock").exists()
+
+    def remove_account(self, jid: str) -> bool:
+        """Delete account `jid`; whether it existed. With the server running, through its admin
+        shell, so its open sessions end now (see module docstring)."""
+        if not self.exists(jid):
+            return False
+        if self.running():
+            done = self._ctl("shell", "user", "delete", jid)
+        else:
+            done = self._ctl("deluser", jid)
+        if done.returncode != 0 or self.exists(jid):
+            raise ProsodyError(f"prosodyctl could not remove {jid}: {_last_line(done)}")
+        return True
 
 
 @dataclass
@@ -78,48 +166,21 @@ class ProsodyServer:
         )
         (self.data_dir / "certs").mkdir(exist_ok=True)
         self.config_path.write_text(text)
+        sidecar = {"domain": self.domain, "data_dir": str(self.data_dir.resolve())}
+        (self.config_path.parent / SIDECAR).write_text(json.dumps(sidecar) + "\n")
         return self.config_path
 
-    def _ctl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [PROSODYCTL, "--config", str(self.config_path), *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+    def accounts(self) -> ProsodyAccounts:
+        if not self.config_path.is_file():
+            self.write_config()
+        return ProsodyAccounts(self.config_path)
 
     def add_account(self, jid: str, password: str, *, replace: bool = False) -> None:
         """Create account `jid` (`replace`: set a new password on an existing one)."""
-        local_part(jid, self.domain)
-        check_password(jid, password)
-        if not self.config_path.is_file():
-            self.write_config()
-        if "\n" in password:
-            raise AccountError(f"password for {jid}: must be one line")
-        exists = self._user_exists(jid)
-        if exists and not replace:
-            raise AccountError(f"XMPP account {jid} exists already")
-        # prosodyctl reads the password twice from standard input (no terminal needed)
-        done = self._ctl("passwd" if exists else "adduser", jid, stdin=f"{password}\n{password}\n")
-        if done.returncode != 0:
-            raise ProsodyError(f"prosodyctl could not set up {jid}: {_last_line(done)}")
-
-    def _user_exists(self, jid: str) -> bool:
-        user = local_part(jid, self.domain)
-        # internal storage: one file per account, named with URL-escaped parts
-        return (
-            self.data_dir / _escape(self.domain) / "accounts" / f"{_escape(user)}.dat"
-        ).is_file()
+        self.accounts().add_account(jid, password, replace=replace)
 
     def remove_account(self, jid: str) -> bool:
-        if not self._user_exists(jid):
-            return False
-        done = self._ctl("deluser", jid)
-        if done.returncode != 0:
-            raise ProsodyError(f"prosodyctl could not remove {jid}: {_last_line(done)}")
-        return True
+        return self.accounts().remove_account(jid)
 
     def start(self, timeout: float = 15) -> None:
         """Run Prosody in the foreground as a child process; return when clients can connect."""

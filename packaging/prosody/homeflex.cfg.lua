@@ -22,6 +22,8 @@ plugin_paths = { "$module_dir" }   -- mod_homeflex_audit: refusals in the log
 certificates = "$data_dir/certs"   -- unused: the certificate is named below
 modules_enabled = {
     "homeflex_audit";
+    "admin_shell";   -- `prosodyctl shell` (Unix socket in the data directory): account removal
+                     -- ends open sessions
     "roster"; "saslauth"; "tls"; "disco"; "ping"; "time"; "version"; "uptime";
     "carbons"; "pep"; "blocklist"; "vcard_legacy";
 }

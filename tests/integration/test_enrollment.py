@@ -2,9 +2,9 @@
 free loopback port with a CA made by `homeflex pki init`; boxes enroll, renew and are revoked
 through the real HTTPS service, and every refusal leaves a security event in its log.
 
-The XMPP account store is a TEST DOUBLE that records calls to a file (the real store is the
-XMPP server's and is wired in separately); the tests check the box got exactly the account the
-store was asked to create."""
+The XMPP account store is the embedded XMPP server's own (`--xmpp-accounts pyjabber=CONFIG`,
+the server's configuration file; the server itself need not run: the store is its SQLite
+database); the tests check the box's card logs in there, by the server's own password check."""
 
 from __future__ import annotations
 
@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from homeflex.cli import main as cli
-from homeflex.cloud.enroll.accounts import ACCOUNT_STORES
 from homeflex.cloud.enroll.registry import BoxState, Registry
 from homeflex.cloud.enroll.service import AttemptLimiter, EnrollmentService
+from homeflex.cloud.xmpp.embedded import PyjabberAccounts
 from homeflex.edge.enroll import (
     EnrollError,
     bootstrap_context,
@@ -44,7 +45,6 @@ from homeflex.pki.ca import FleetCA
 from homeflex.pki.identity import Identity, Role
 from homeflex.pki.trust import TrustError, TrustStore
 from homeflex.security import SecurityLog, read_events, verify_chain
-from tests.enroll_doubles import AccountsRecordingDouble, InMemoryAccountsDouble
 
 REPO = Path(__file__).resolve().parents[2]
 DOMAIN = "xmpp.homeflex.test"
@@ -56,7 +56,7 @@ class Service:
     fleet: Path
     ca: Path
     log: Path
-    accounts: AccountsRecordingDouble
+    accounts: PyjabberAccounts
     accounts_spec: str
     stderr: Path
 
@@ -92,13 +92,27 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         "--passphrase-file", str(base / "passphrase"))  # fmt: skip
     run("pki", "issue", "--fleet", str(fleet), "--name", "enroll", "--role", "service",
         "--dns", "localhost", "--ip", "127.0.0.1", "--out", str(creds))  # fmt: skip
-    accounts_file = base / "accounts.jsonl"
-    spec = f"test-double={accounts_file}"
+    # the embedded XMPP server's configuration, as its operator writes it; enrollment reads
+    # the domain and the database from it
+    run("pki", "issue", "--fleet", str(fleet), "--name", "xmpp", "--role", "service",
+        "--dns", DOMAIN, "--out", str(base / "xmpp"))  # fmt: skip
+    xmpp_config = base / "xmpp.yaml"
+    xmpp_config.write_text(
+        yaml.safe_dump(
+            {
+                "domain": DOMAIN,
+                "credentials": str(base / "xmpp"),
+                "database": str(base / "pyjabber.db"),
+                "security_log": str(base / "xmpp-security.log"),
+            }
+        )
+    )
+    spec = f"pyjabber={xmpp_config}"
     log = base / "security.log"
     stderr = base / "service.stderr"
     with stderr.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.enroll_doubles", "cloud", "enroll",
+            [str(Path(sys.executable).with_name("homeflex")), "cloud", "enroll",
              "--fleet", str(fleet), "--creds", str(creds), "--listen", "127.0.0.1:0",
              "--xmpp-domain", DOMAIN, "--xmpp-accounts", spec, "--security-log", str(log),
              "--attempts-per-hour", "50"],
@@ -117,7 +131,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     try:
         yield Service(
             match.group(1), fleet, fleet / "ca.pem", log,
-            AccountsRecordingDouble(str(accounts_file)), spec, stderr,
+            PyjabberAccounts(base / "pyjabber.db", DOMAIN), spec, stderr,
         )  # fmt: skip
     finally:
         proc.terminate()
@@ -173,10 +187,11 @@ def test_a_box_enrolls_and_holds_a_working_credential(
     assert set(request) == {"code", "csr"}
     assert x509.load_pem_x509_csr(request["csr"].encode()).public_key() == key.public_key()
     assert creds.certificate().public_key() == key.public_key()
-    # the box holds exactly the account the XMPP store was asked to create
+    # the box holds exactly the account the XMPP server has for it
     address, password = xmpp_account(box_dir)
     assert address == "box-0001@xmpp.homeflex.test"
-    assert service.accounts.accounts()[address] == password
+    assert address in service.accounts.accounts()
+    assert service.accounts.check(address, password)
     registry = Registry.open(service.fleet)
     box = registry.get("box-0001")
     registry.close()
@@ -246,9 +261,7 @@ def test_bad_requests_get_a_clear_error_and_the_service_keeps_running(
     assert got == 401 and "client certificate" in answer["error"]
 
 
-def test_renewal_works_until_the_box_is_revoked(
-    service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_renewal_works_until_the_box_is_revoked(service: Service, tmp_path: Path) -> None:
     box_dir = tmp_path / "box"
     enroll(service.url, new_code(service, "box-0004"), box_dir, service.ca)
     creds = Credentials.load(box_dir)
@@ -269,7 +282,8 @@ def test_renewal_works_until_the_box_is_revoked(
     # a box that was registered but never enrolled: its code must die with the revocation
     pending_code = new_code(service, "box-0005")
 
-    monkeypatch.setitem(ACCOUNT_STORES, "test-double", AccountsRecordingDouble)
+    address, password = xmpp_account(box_dir)
+    assert service.accounts.check(address, password)
     out = run("pki", "revoke", "--fleet", str(service.fleet), "--box", "box-0004",
               "--xmpp-accounts", service.accounts_spec)  # fmt: skip
     assert f"{first.serial_number:x}" in out and f"{renewed.serial_number:x}" in out
@@ -312,7 +326,11 @@ def test_a_replaced_box_enrolls_again_with_a_new_code(service: Service, tmp_path
     with pytest.raises(TrustError, match="revoked"):
         TrustStore.of(new_creds).verify(old.chain())  # the new CRL came with the enrollment
     address, password = xmpp_account(tmp_path / "new-card")
-    assert service.accounts.accounts()[address] == password != xmpp_account(old.dir)[1]
+    old_address, old_password = xmpp_account(old.dir)
+    assert address == old_address == "box-0006@xmpp.homeflex.test"
+    assert password != old_password
+    assert service.accounts.check(address, password)
+    assert not service.accounts.check(address, old_password)  # the old card no longer logs in
 
 
 def test_the_pki_list_shows_boxes_and_certificates(service: Service) -> None:
@@ -331,7 +349,7 @@ async def test_guessing_codes_is_rate_limited_per_address(
     the right code is refused for the rest of the window."""
     service_creds = creds(Identity("enroll-rl", Role.SERVICE, ips=("127.0.0.1",)))
     registry = Registry.open(fleet_ca.dir)
-    accounts = InMemoryAccountsDouble()
+    accounts = PyjabberAccounts(tmp_path / "pyjabber.db", DOMAIN)
     log = SecurityLog(tmp_path / "security.log")
     svc = EnrollmentService(fleet_ca, registry, accounts, log, DOMAIN, AttemptLimiter(3, 3600))
     code = registry.new_code("box-rl").code
@@ -353,12 +371,12 @@ async def test_guessing_codes_is_rate_limited_per_address(
         with pytest.raises(EnrollError, match="HTTP 429"):
             await asyncio.to_thread(enroll, url, code, tmp_path / "g", ca)
         assert [e.kind for e in log.events()] == ["enroll-refused"] * 3 + ["rate-limited"]
-        assert accounts.accounts == {}
+        assert accounts.accounts() == []
         svc.limiter = AttemptLimiter(3, 3600)  # the window has passed
         done = await asyncio.to_thread(enroll, url, code, tmp_path / "box", ca)
-        assert accounts.accounts == {
-            "box-rl@xmpp.homeflex.test": xmpp_account(done.credentials.dir)[1]
-        }
+        address, password = xmpp_account(done.credentials.dir)
+        assert address == "box-rl@xmpp.homeflex.test"
+        assert accounts.accounts() == [address] and accounts.check(address, password)
     finally:
         stop.set()
         await task

@@ -98,10 +98,10 @@ def _parties(creds: Any, names: tuple[str, ...] = ("alice", "bob")) -> dict[str,
 
 @contextmanager
 def embedded_server(
-    base: Path, server_creds: Credentials, parties: dict[str, Party]
+    base: Path, server_creds: Credentials, parties: dict[str, Party], **options: Any
 ) -> Iterator[Server]:
     """The embedded server as a process of its own (`python -m ...embedded`), accounts made
-    beforehand in its database, stopped with SIGTERM."""
+    beforehand in its database, stopped with SIGTERM; `options`: more configuration keys."""
     base.mkdir(parents=True, exist_ok=True)
     accounts = PyjabberAccounts(base / "pyjabber.db", TEST_DOMAIN)
     for party in parties.values():
@@ -113,6 +113,7 @@ def embedded_server(
         "credentials": str(server_creds.dir),
         "database": str(base / "pyjabber.db"),
         "security_log": str(base / "security.jsonl"),
+        **options,
     }
     (base / "xmpp.yaml").write_text(yaml.safe_dump(config))
     stderr = (base / "server.log").open("wb")

@@ -2,7 +2,8 @@
 credentials, verified TLS), then
   echo          waits for one message, prints it, answers `echo: <body>` to its sender;
   send TO TEXT  sends TEXT to TO and prints the first answer;
-  connect       only connects (and disconnects).
+  connect       only connects (and disconnects);
+  hold          stays connected until the server ends the session (prints "disconnected").
 Every outcome is one JSON line on stdout: {"event": "connected" | "received" | "error", ...}.
 The password comes in the environment (XMPP_PASSWORD), never on the command line.
 
@@ -60,6 +61,19 @@ class Send(OneShotBehaviour):  # type: ignore[misc]
         say("received", sender=str(msg.sender), body=msg.body)
 
 
+async def hold(agent: TlsAgent, limit_s: float) -> int:
+    ended = asyncio.Event()
+    agent.client.add_event_handler("disconnected", lambda _reason: ended.set())
+    try:
+        await asyncio.wait_for(ended.wait(), limit_s)
+    except TimeoutError:
+        say("error", kind="timeout", detail="the session was not ended")
+        await agent.stop()
+        return 1
+    say("disconnected")
+    return 0
+
+
 async def main(args: argparse.Namespace) -> int:
     creds = Credentials.load(args.creds)
     security = SecurityLog(args.security_log) if args.security_log else None
@@ -80,6 +94,8 @@ async def main(args: argparse.Namespace) -> int:
         say("error", kind=type(exc).__name__, detail=str(exc))
         return 1
     say("connected", jid=str(agent.jid), tls=agent.client.transport.get_extra_info("cipher")[1])
+    if args.mode == "hold":
+        return await hold(agent, args.timeout)
     for behaviour in agent.behaviours:
         await behaviour.join(timeout=args.timeout + 1)
     await agent.stop()
@@ -95,7 +111,7 @@ if __name__ == "__main__":
     parser.add_argument("--security-log", type=Path)
     parser.add_argument("--timeout", type=float, default=15)
     parser.add_argument("--no-answer", action="store_true")
-    parser.add_argument("mode", choices=["echo", "send", "connect"])
+    parser.add_argument("mode", choices=["echo", "send", "connect", "hold"])
     parser.add_argument("to", nargs="?")
     parser.add_argument("text", nargs="?")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")

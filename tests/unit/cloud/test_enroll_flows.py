@@ -1,7 +1,8 @@
 """The flows against a real fleet CA and register: enrollment certifies the box's key under the
 name its code was made for and creates its XMPP account; renewal needs an enrolled, unrevoked
 box; revocation revokes every certificate, republishes the CRL and removes the account;
-re-enrollment revokes the old certificates and lets a new key in with a new code."""
+re-enrollment revokes the old certificates and lets a new key in with a new code. The account
+store is the embedded XMPP server's own (PyjabberAccounts, a SQLite file; no server runs)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from homeflex.cloud.enroll import flows
 from homeflex.cloud.enroll.registry import BoxState, CodeRefused, Registry, RegistryError
+from homeflex.cloud.xmpp.embedded import PyjabberAccounts
 from homeflex.pki.bundle import issue_credentials
 from homeflex.pki.ca import FleetCA
 from homeflex.pki.identity import Identity, Role
 from homeflex.pki.keys import make_csr
 from homeflex.pki.trust import TrustError, TrustStore
-from tests.enroll_doubles import InMemoryAccountsDouble
 from tests.pki_fixtures import make_fleet
 
 DOMAIN = "xmpp.homeflex.test"
@@ -31,7 +32,7 @@ DOMAIN = "xmpp.homeflex.test"
 class Aggregator:
     fleet: FleetCA
     registry: Registry
-    accounts: InMemoryAccountsDouble
+    accounts: PyjabberAccounts
 
     def trust(self) -> TrustStore:
         return TrustStore.load(self.fleet.dir / "ca.pem", self.fleet.dir / "crl.pem")
@@ -41,7 +42,7 @@ class Aggregator:
 def agg(tmp_path: Path) -> Iterator[Aggregator]:
     fleet = make_fleet(tmp_path)
     registry = Registry.open(fleet.dir)
-    yield Aggregator(fleet, registry, InMemoryAccountsDouble())
+    yield Aggregator(fleet, registry, PyjabberAccounts(tmp_path / "pyjabber.db", DOMAIN))
     registry.close()
     fleet.close()
 
@@ -65,7 +66,8 @@ def test_enrollment_certifies_the_key_as_the_registered_box(agg: Aggregator) -> 
         "box-0001", Role.HOME, xmpp="box-0001@xmpp.homeflex.test"
     )
     assert done.chain[0].public_key() == key.public_key()
-    assert agg.accounts.accounts == {"box-0001@xmpp.homeflex.test": done.password}
+    assert agg.accounts.accounts() == ["box-0001@xmpp.homeflex.test"]
+    assert agg.accounts.check("box-0001@xmpp.homeflex.test", done.password)
     assert len(done.password) >= 32
     box = agg.registry.get("box-0001")
     assert box is not None and box.state is BoxState.ENROLLED
@@ -106,7 +108,8 @@ def test_revocation_revokes_everything_and_removes_the_account(agg: Aggregator) 
             agg.trust().verify(chain)
         assert err.value.code == "revoked"
     assert agg.trust().verify(other.chain).name == "box-0002"  # the others keep working
-    assert agg.accounts.accounts == {"box-0002@xmpp.homeflex.test": other.password}
+    assert agg.accounts.accounts() == ["box-0002@xmpp.homeflex.test"]
+    assert agg.accounts.check("box-0002@xmpp.homeflex.test", other.password)
     with pytest.raises(flows.Refused, match="revoked"):
         flows.renew(agg.fleet, agg.registry, agg.trust(), second.chain, box_csr()[1])
 
@@ -117,10 +120,10 @@ def test_revocation_without_an_account_store_says_so_and_can_be_finished(
     enroll(agg, "box-0001")
     done = flows.revoke_box(agg.fleet, agg.registry, "box-0001", None)
     assert done.xmpp_removed is False and len(done.serials) == 1
-    assert "box-0001@xmpp.homeflex.test" in agg.accounts.accounts
+    assert agg.accounts.accounts() == ["box-0001@xmpp.homeflex.test"]
     again = flows.revoke_box(agg.fleet, agg.registry, "box-0001", agg.accounts)
     assert again.xmpp_removed is True and again.serials == []
-    assert agg.accounts.accounts == {}
+    assert agg.accounts.accounts() == []
     box = agg.registry.get("box-0001")
     assert box is not None and box.state is BoxState.REVOKED and not box.xmpp_account
 
@@ -136,7 +139,9 @@ def test_reenrollment_revokes_the_old_key_and_lets_a_new_one_in(agg: Aggregator)
     assert agg.trust().verify(new.chain).xmpp == "box-0001@xmpp.homeflex.test"
     assert new.chain[0].public_key() == key.public_key()
     assert new.password != old.password  # the old card's password no longer logs in
-    assert agg.accounts.accounts == {"box-0001@xmpp.homeflex.test": new.password}
+    assert agg.accounts.accounts() == ["box-0001@xmpp.homeflex.test"]
+    assert agg.accounts.check("box-0001@xmpp.homeflex.test", new.password)
+    assert not agg.accounts.check("box-0001@xmpp.homeflex.test", old.password)
     with pytest.raises(TrustError, match="revoked"):
         agg.trust().verify(old.chain)
 
