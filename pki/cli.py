@@ -252,6 +252,30 @@ def list_cmd(fleet_dir: Path) -> None:
             )
 
 
+@click.command("sign-update")
+@click.option(
+    "--signer",
+    "signer_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="credentials of a release certificate (role release)",
+)
+@click.option("--version", "version", required=True, help="major.minor.patch")
+@click.argument("source", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+def sign_update_cmd(signer_dir: Path, version: str, source: Path, out: Path) -> None:
+    """Bundle the files under SOURCE as release VERSION, signed, into OUT."""
+    from homeflex.pki.bundle import Credentials
+    from homeflex.pki.release import sign_bundle
+
+    try:
+        manifest = sign_bundle(source, version, Credentials.load(signer_dir), out)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{out}: release {manifest.version}, {len(manifest.files)} files, signed")
+
+
 def add_commands(group: click.Group) -> None:
-    for command in (init_cmd, issue_cmd, code_cmd, revoke_cmd, crl_cmd, list_cmd):
+    commands = (init_cmd, issue_cmd, code_cmd, revoke_cmd, crl_cmd, list_cmd, sign_update_cmd)
+    for command in commands:
         group.add_command(command)
