@@ -277,6 +277,7 @@ def demo(home: Path | None, speed: float, hours: float, workdir: Path) -> None:
 # Subcommands that live with what they run; each module defines one click command or group.
 # (one line per module, so that changes to one never touch another's)
 from homeflex.cloud.enroll.cli import enroll_cmd as _cloud_enroll  # noqa: E402
+from homeflex.cloud.events.command import events_cmd as _cloud_events  # noqa: E402
 from homeflex.cloud.mqtt.command import mqtt as _cloud_mqtt  # noqa: E402
 from homeflex.cloud.xmpp.command import xmpp as _cloud_xmpp  # noqa: E402
 from homeflex.edge.enroll import enroll_cmd as _edge_enroll  # noqa: E402
@@ -285,6 +286,7 @@ from homeflex.pki.cli import add_commands as _pki_commands  # noqa: E402
 cloud.add_command(_cloud_mqtt)
 cloud.add_command(_cloud_xmpp)
 cloud.add_command(_cloud_enroll)
+cloud.add_command(_cloud_events)
 edge.add_command(_edge_enroll)
 _pki_commands(pki)
 

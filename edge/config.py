@@ -138,6 +138,13 @@ class GatewayConfig(Strict):
     credentials_refresh_s: float = Field(
         3600.0, ge=0.1, description="real seconds between revocation list fetches"
     )
+    events_url: str | None = Field(
+        None,
+        pattern=r"^https://",
+        description="the cloud's security event receiver (https://host:port); the box forwards "
+        "its security log there",
+    )
+    events_every_s: float = Field(60.0, gt=0, description="real seconds between forwardings")
     security_log: Path | None = Field(
         None, description="the security event log; default <data_dir>/security.log"
     )
@@ -163,6 +170,8 @@ class GatewayConfig(Strict):
     def _check_tls(self) -> None:
         modbus = [d for d in self.devices if isinstance(d, ModbusDeviceConfig)]
         tls = [d.id for d in modbus if d.tls is not None]
+        if self.events_url and self.credentials is None:
+            raise ValueError("`events_url` is set but there is no `credentials:` directory")
         if self.enrollment_url and self.credentials is None:
             raise ValueError("`enrollment_url` is set but there is no `credentials:` directory")
         if tls and self.credentials is None:

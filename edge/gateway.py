@@ -250,6 +250,15 @@ class Gateway:
                 log.warning("credentials upkeep with %s failed: %s", url, exc)
             await asyncio.sleep(self.cfg.credentials_refresh_s)
 
+    async def _forward_events(self) -> None:
+        url, creds = self.cfg.events_url, self.cfg.credentials
+        if url is None or creds is None or self.security is None:
+            return
+        from homeflex.edge.event_forwarder import forward_events
+
+        state = self.cfg.data_dir / "security-forwarded.json"
+        await forward_events(self.security, url, creds, state, self.cfg.events_every_s)
+
     async def _retention(self) -> None:
         while True:
             await self.clock.sleep(RETENTION_EVERY_S)
@@ -271,6 +280,7 @@ class Gateway:
             asyncio.create_task(self._status_writer(), name="status"),
             asyncio.create_task(self._retention(), name="retention"),
             asyncio.create_task(self._credential_upkeep(), name="credentials"),
+            asyncio.create_task(self._forward_events(), name="security-events"),
         ]
         if self.control is not None and self.home is not None:
             run = self.control.run(self._control_poll, self._control_send, self.home.cfg.cycle_s)

@@ -1,0 +1,1 @@
+"""The cloud's receiver of security events forwarded by boxes and services."""
