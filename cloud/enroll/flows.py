@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from homeflex.cloud.enroll.accounts import XmppAccounts
 from homeflex.cloud.enroll.registry import (
     CODE_VALIDITY,
+    Box,
     BoxState,
     IssuedCode,
     Registry,
@@ -158,6 +159,23 @@ def _revoke_certificates(fleet: FleetCA, name: str, reason: str) -> list[int]:
     return serials
 
 
+def _lock_out(
+    fleet: FleetCA, registry: Registry, box: Box, accounts: XmppAccounts | None, reason: str
+) -> Revocation:
+    """The box's certificates revoked, the list republished, its XMPP account removed (when
+    there is an account store to remove it from)."""
+    serials = _revoke_certificates(fleet, box.name, reason)
+    crl = fleet.publish_crl()
+    removed: bool | None = None
+    if box.xmpp and box.xmpp_account:
+        removed = False
+        if accounts is not None:
+            accounts.remove_account(box.xmpp)
+            registry.set_xmpp_account(box.name, False)
+            removed = True
+    return Revocation(box.name, serials, crl, box.xmpp, removed)
+
+
 def revoke_box(
     fleet: FleetCA,
     registry: Registry,
@@ -169,16 +187,7 @@ def revoke_box(
     republished, its XMPP account removed. Without an account store the account stays and the
     result says so (run again with one: revoking twice finishes what was left)."""
     box = registry.mark_revoked(name)  # first: a renewal racing with us is refused or revoked
-    serials = _revoke_certificates(fleet, name, reason)
-    crl = fleet.publish_crl()
-    removed: bool | None = None
-    if box.xmpp and box.xmpp_account:
-        removed = False
-        if accounts is not None:
-            accounts.remove_account(box.xmpp)
-            registry.set_xmpp_account(name, False)
-            removed = True
-    return Revocation(name, serials, crl, box.xmpp, removed)
+    return _lock_out(fleet, registry, box, accounts, reason)
 
 
 def prepare_reenrollment(
@@ -195,13 +204,4 @@ def prepare_reenrollment(
     if box is None:
         raise RegistryError(f"no box {name!r} in {registry.path}; `homeflex pki code` registers it")
     issued = registry.new_code(name, valid, replace=True)  # pending: renewals now refused
-    serials = _revoke_certificates(fleet, name, "superseded")
-    crl = fleet.publish_crl()
-    removed: bool | None = None
-    if box.xmpp and box.xmpp_account:
-        removed = False
-        if accounts is not None:
-            accounts.remove_account(box.xmpp)
-            registry.set_xmpp_account(name, False)
-            removed = True
-    return issued, Revocation(name, serials, crl, box.xmpp, removed)
+    return issued, _lock_out(fleet, registry, box, accounts, "superseded")
