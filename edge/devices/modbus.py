@@ -79,9 +79,10 @@ class ModbusLink:
             return
         now = time.monotonic()
         if now < self._retry_at:
-            raise DeviceError(
-                f"{self.where}: not connected; next attempt in {self._retry_at - now:.1f} s"
-            )
+            wait = f"next attempt in {self._retry_at - now:.1f} s"
+            if self.tls is not None and self.tls.failure is not None:  # keep saying why
+                raise DeviceError(self._tls_message(f"attempt {self._failures}, {wait}"))
+            raise DeviceError(f"{self.where}: not connected; {wait}")
         if not await self._client.connect():
             self._failures += 1
             # Back off 0.5 s, 1 s, 2 s … up to 30 s of real time: a device that is down or busy
