@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from homeflex.edge.planner.model import DeviceSchedule, Extract, LinExpr, PlanModel
 
+NOISE_W = 1e-3  # W: forecasts below this are noise, planned as zero
+
 
 class PvSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -38,14 +40,20 @@ def build_pv(spec: PvSpec, m: PlanModel) -> Extract:
             f"{spec.id}: forecast_w has {len(spec.forecast_w)} values, the plan {m.ptus} PTUs"
         )
     produced: list[LinExpr | float] = []
-    for t, available in enumerate(spec.forecast_w):
+    for t, forecast in enumerate(spec.forecast_w):
+        # below a milliwatt a forecast is rounding noise; SCIP's presolve declared a model with
+        # such a bound (1.75e-9 W) infeasible
+        available = forecast if forecast >= NOISE_W else 0.0
         p = m.num(0, available, f"{spec.id}.produced_w[{t}]") if spec.curtailable else available
         m.add_power(t, -p)
         produced.append(p)
 
     def extract() -> DeviceSchedule:
         out = [m.value(p) for p in produced]
-        curtailed = [max(0.0, a - p) for a, p in zip(spec.forecast_w, out, strict=True)]
+        curtailed = [
+            max(0.0, a - p) if a >= NOISE_W else 0.0
+            for a, p in zip(spec.forecast_w, out, strict=True)
+        ]
         return DeviceSchedule(spec.id, [-p for p in out], {"curtailed_w": curtailed})
 
     return extract

@@ -72,3 +72,25 @@ def test_a_forecast_of_the_wrong_length_or_sign_is_refused_with_where() -> None:
         )
     with pytest.raises(ValidationError, match=r"roof: forecast_w\[1\] = -5.0 W is negative"):
         PvSpec(id="roof", forecast_w=[0.0, -5.0])
+
+
+def test_a_forecast_of_nanowatts_is_nothing_and_still_plans() -> None:
+    """Found by hypothesis: a curtailable PV bound of 1.75e-9 W made SCIP's presolve declare
+    the model infeasible; such a forecast is rounding noise and is planned as zero."""
+    ptus = 28
+    export = [round(t * 1.7e-05, 6) for t in range(ptus)]
+    export[23] = -0.062109  # exporting would cost money: curtailment matters
+    forecast = [0.0] * 5 + [1.7508844161453387e-09 * k for k in range(1, 20)] + [0.0] * 4
+    inputs = PlanInputs(
+        start=datetime(2026, 6, 1, 8, tzinfo=UTC),
+        ptus=ptus,
+        import_price=[round(t * 1.7e-05, 6) for t in range(ptus)],
+        export_price=export,
+        base_load_w=[50.0] * ptus,
+        devices=[PvSpec(id="pv", forecast_w=forecast)],
+        relative_gap=0.0,
+        absolute_gap_eur=0.0,
+    )
+    plan = solve(inputs)
+    assert plan.status == "optimal"
+    assert plan.net_w == pytest.approx([50.0] * ptus, abs=1e-6)
