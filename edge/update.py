@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import click
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -51,8 +52,17 @@ def _refuse(log: SecurityLog, bundle: Path, reason: str) -> UpdateRefused:
 
 
 def _safe_name(name: str) -> bool:
+    # relative, no `..`, and already in normal form: `a/./b` or `a//b` would name the same
+    # file as `a/b` under another spelling, which the manifest-to-member matching must not see
     p = PurePosixPath(name)
-    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
+    return (
+        bool(p.parts)
+        and not p.is_absolute()
+        and ".." not in p.parts
+        and p.as_posix() == name
+        and "\\" not in name
+        and "\0" not in name
+    )
 
 
 def _members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
@@ -76,6 +86,17 @@ def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     f = tar.extractfile(member)
     assert f is not None  # a regular file
     return f.read()
+
+
+def _signature_valid(cert: x509.Certificate, signature: bytes, body: bytes) -> bool:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):  # our CA issues P-256 keys only
+        return False
+    try:
+        key.verify(signature, body, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _manifest(body: bytes) -> Manifest:
@@ -109,73 +130,154 @@ def verify_bundle(
         raise _refuse(log, bundle, f"not an update bundle ({exc})") from None
     with tar:
         try:
-            members = _members(tar)
-        except ValueError as exc:
-            raise _refuse(log, bundle, str(exc)) from None
-        if SIGNATURE not in members or SIGNER not in members:
-            raise _refuse(log, bundle, "unsigned: no manifest.sig or signer.pem")
-        if MANIFEST not in members:
-            raise _refuse(log, bundle, "no manifest.json")
-        body = _read(tar, members[MANIFEST])
-        try:
-            chain = x509.load_pem_x509_certificates(_read(tar, members[SIGNER]))
-            signer = trust.verify(chain)
-        except (ValueError, TrustError) as exc:
-            raise _refuse(log, bundle, f"signer refused: {exc}") from None
-        if signer.role is not Role.RELEASE:
-            raise _refuse(log, bundle, f"signer {signer.name} has role {signer.role}, not release")
-        key = chain[0].public_key()
-        try:
-            assert isinstance(key, ec.EllipticCurvePublicKey)
-            key.verify(_read(tar, members[SIGNATURE]), body, ec.ECDSA(hashes.SHA256()))
-        except (AssertionError, InvalidSignature):
-            raise _refuse(
-                log, bundle, f"bad signature on the manifest (signer {signer.name})"
-            ) from None
-        try:
-            manifest = _manifest(body)
-        except (ValueError, TypeError) as exc:
-            raise _refuse(log, bundle, f"manifest: {exc}") from None
-        carried = {n[len(FILES) :] for n in members if n.startswith(FILES)}
-        extra = set(members) - {MANIFEST, SIGNATURE, SIGNER} - {FILES + r for r in carried}
-        if carried != set(manifest.files) or extra:
-            odd = sorted((carried ^ set(manifest.files)) | extra)
-            raise _refuse(log, bundle, f"files and manifest disagree: {', '.join(odd)}")
-        for rel, (sha256, size) in manifest.files.items():
-            data = _read(tar, members[FILES + rel])
-            if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
-                raise _refuse(log, bundle, f"file {rel} does not match its hash or size")
-        if installed is not None and parse_version(manifest.version) <= parse_version(installed):
-            raise _refuse(
-                log,
-                bundle,
-                f"version {manifest.version} is not newer than the installed {installed}",
-            )
-        return manifest
+            return _check(tar, bundle, trust, installed, log)
+        except (EOFError, tarfile.TarError) as exc:
+            # a member header or body cut short: tarfile finds out only when it reaches it
+            raise _refuse(log, bundle, f"not an update bundle ({exc})") from None
+
+
+def _check(
+    tar: tarfile.TarFile, bundle: Path, trust: TrustStore, installed: str | None, log: SecurityLog
+) -> Manifest:
+    """Cheapest and least trusting first: member names and types, then the signer, the
+    signature, and only then the signed manifest's content and the files' hashes."""
+    try:
+        members = _members(tar)
+    except ValueError as exc:
+        raise _refuse(log, bundle, str(exc)) from None
+    if SIGNATURE not in members or SIGNER not in members:
+        raise _refuse(log, bundle, "unsigned: no manifest.sig or signer.pem")
+    if MANIFEST not in members:
+        raise _refuse(log, bundle, "no manifest.json")
+    body = _read(tar, members[MANIFEST])
+    try:
+        chain = x509.load_pem_x509_certificates(_read(tar, members[SIGNER]))
+        signer = trust.verify(chain)
+    except (ValueError, x509.InvalidVersion, TrustError) as exc:  # any bytes may be in there
+        raise _refuse(log, bundle, f"signer refused: {exc}") from None
+    if signer.role is not Role.RELEASE:
+        raise _refuse(log, bundle, f"signer {signer.name} has role {signer.role}, not release")
+    if not _signature_valid(chain[0], _read(tar, members[SIGNATURE]), body):
+        raise _refuse(log, bundle, f"bad signature on the manifest (signer {signer.name})")
+    try:
+        manifest = _manifest(body)
+    except (ValueError, TypeError) as exc:
+        raise _refuse(log, bundle, f"manifest: {exc}") from None
+    carried = {n[len(FILES) :] for n in members if n.startswith(FILES)}
+    extra = set(members) - {MANIFEST, SIGNATURE, SIGNER} - {FILES + r for r in carried}
+    if carried != set(manifest.files) or extra:
+        odd = sorted((carried ^ set(manifest.files)) | extra)
+        raise _refuse(log, bundle, f"files and manifest disagree: {', '.join(odd)}")
+    for rel, (sha256, size) in manifest.files.items():
+        data = _read(tar, members[FILES + rel])
+        if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+            raise _refuse(log, bundle, f"file {rel} does not match its hash or size")
+    try:
+        floor = parse_version(installed) if installed is not None else None
+    except ValueError:
+        raise _refuse(
+            log, bundle, f"the installed release {installed!r} has no version to compare with"
+        ) from None
+    if floor is not None and parse_version(manifest.version) <= floor:
+        raise _refuse(
+            log,
+            bundle,
+            f"version {manifest.version} is not newer than the installed {installed}",
+        )
+    return manifest
 
 
 def install_bundle(bundle: Path, data_dir: Path, trust: TrustStore, log: SecurityLog) -> Manifest:
-    """Verify, unpack into releases/<version>/ and switch `current` to it; the previous release
-    stays for a rollback."""
-    manifest = verify_bundle(bundle, trust, installed_version(data_dir), log)
+    """Verify, unpack into releases/<version>/ and switch `current` to it. The release it
+    replaces stays for a rollback; older ones are removed (a box's flash is small)."""
+    previous = installed_version(data_dir)
+    manifest = verify_bundle(bundle, trust, previous, log)
     releases = data_dir / "releases"
     releases.mkdir(parents=True, exist_ok=True)
+    for stale in releases.glob(".unpack-*"):  # left by an install cut short (power loss)
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=releases))
     try:
         with tarfile.open(bundle, "r:") as tar:
-            for rel in manifest.files:
-                target = staging / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(_read(tar, tar.getmember(FILES + rel)))
+            _unpack(tar, manifest, staging)
         final = releases / manifest.version
         if final.exists():  # left by an install that failed before switching
             shutil.rmtree(final)
         staging.rename(final)
+        _fsync_dir(releases)
+    except (ValueError, KeyError, tarfile.TarError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        # it verified a moment ago: the file was replaced while we were reading it
+        raise _refuse(log, bundle, f"changed after it was verified ({exc})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     link = data_dir / ".current.tmp"
     link.unlink(missing_ok=True)
     link.symlink_to(Path("releases") / manifest.version)
-    os.replace(link, data_dir / "current")
+    os.replace(link, data_dir / "current")  # rename(2): `current` is the old or the new, never none
+    _fsync_dir(data_dir)
+    keep = {manifest.version, previous}
+    for old in releases.iterdir():
+        if old.is_dir() and not old.name.startswith(".") and old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
     return manifest
+
+
+def _unpack(tar: tarfile.TarFile, manifest: Manifest, staging: Path) -> None:
+    """Write the manifest's files under `staging`, each checked again against its hash as it
+    is written: what was verified and what is installed are the same bytes even if the bundle
+    file changes in between."""
+    members = _members(tar)
+    for rel, (sha256, size) in manifest.files.items():
+        data = _read(tar, members[FILES + rel])
+        if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError(f"file {rel} does not match its hash or size")
+        target = staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@click.command("update")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="gateway configuration (YAML): data_dir, credentials (ca.pem, crl.pem), security log",
+)
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+def update_cmd(config_path: Path, bundle: Path) -> None:
+    """Install a signed update bundle: checked against the box's root and revocation list,
+    refused (and logged as a security event) unless signed by our release key and newer."""
+    from homeflex.configfile import ConfigError, load_config
+    from homeflex.edge.config import GatewayConfig
+
+    try:
+        cfg = load_config(config_path, GatewayConfig)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration error\n{exc}") from None
+    if cfg.credentials is None:
+        raise click.ClickException("the gateway has no `credentials:` directory to check with")
+    try:
+        trust = TrustStore.load(cfg.credentials / "ca.pem", cfg.credentials / "crl.pem")
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(
+            f"{cfg.credentials}: cannot load the trust anchors: {exc}"
+        ) from None
+    try:
+        manifest = install_bundle(bundle, cfg.data_dir, trust, SecurityLog(cfg.security_log_path))
+    except UpdateRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"installed release {manifest.version}; restart the gateway to run it")
