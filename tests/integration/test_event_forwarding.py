@@ -1,6 +1,7 @@
 """A box's security events reach the cloud receiver (`homeflex cloud events`, a process of its
 own, mutual TLS) exactly once, also across a receiver outage; a certificate of another CA is
-refused; an event edited in the box's log after it was written is flagged by the receiver."""
+refused; an event edited in or deleted from the box's log after it was written is flagged by
+the receiver; only operators read what a box sent."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from homeflex.cloud.events.receiver import EventStore
 from homeflex.edge.event_forwarder import acknowledged, forward_events, send_pending
 from homeflex.pki.bundle import Credentials, issue_credentials
 from homeflex.pki.identity import Identity, Role
-from homeflex.security import SecurityLog, read_events
+from homeflex.pki.trust import client_context
+from homeflex.security import Event, SecurityLog, read_events
 from tests.pki_fixtures import CredsFactory, make_fleet
 
 RECEIVER = Identity("events", Role.SERVICE, dns=("localhost",), ips=("127.0.0.1",))
@@ -105,9 +107,11 @@ async def test_events_arrive_once_across_an_outage(
     assert len(receiver.held("box-0001")) == 5 and receiver.findings("box-0001") == []
 
 
-async def test_a_box_of_another_ca_is_refused(receiver: Receiver, tmp_path: Path) -> None:
+async def test_a_box_of_another_ca_is_refused(
+    receiver: Receiver, creds: CredsFactory, tmp_path: Path
+) -> None:
     """Same names, another CA; it trusts our root (so it accepts the receiver), and the
-    receiver refuses its certificate in the handshake."""
+    receiver refuses its certificate in the handshake: the service never sees a request."""
     impostor = issue_credentials(make_fleet(tmp_path / "other"), BOX, tmp_path / "impostor")
     for name in ("ca.pem", "crl.pem"):
         (impostor.dir / name).write_bytes((receiver.creds.dir / name).read_bytes())
@@ -116,6 +120,10 @@ async def test_a_box_of_another_ca_is_refused(receiver: Receiver, tmp_path: Path
     with pytest.raises(aiohttp.ClientError):
         await send_pending(log, receiver.url, impostor.dir, tmp_path / "state.json")
     assert receiver.held("box-0001") == []
+    assert read_events(receiver.db.with_suffix(".security.log")) == []  # not past TLS
+    # the same request from the box our CA issued goes through
+    assert await send_pending(log, receiver.url, creds(BOX).dir, tmp_path / "state.json") == 1
+    assert [seq for seq, _, _ in receiver.held("box-0001")] == [1]
 
 
 async def test_an_edited_event_is_flagged(
@@ -133,3 +141,39 @@ async def test_an_edited_event_is_flagged(
     assert receiver.findings("box-0001") == [
         "event 2: its content was changed after it was written"
     ]
+
+
+async def test_a_deleted_event_is_flagged(
+    receiver: Receiver, creds: CredsFactory, tmp_path: Path
+) -> None:
+    box = creds(BOX)
+    log, state = SecurityLog(tmp_path / "box.log"), tmp_path / "forwarded.json"
+    for n in range(3):
+        log.record("auth-failed", "192.0.2.7", f"wrong password #{n}")
+    lines = log.path.read_text().splitlines()
+    log.path.write_text("\n".join([lines[0], lines[2]]) + "\n")  # event 2 removed on the box
+    assert await send_pending(log, receiver.url, box.dir, state) == 3
+    assert [seq for seq, _, _ in receiver.held("box-0001")] == [1, 3]
+    assert receiver.findings("box-0001") == ["event 3: events 2..2 missing"]
+
+
+async def test_operators_read_what_a_box_sent_and_nobody_else(
+    receiver: Receiver, creds: CredsFactory, tmp_path: Path
+) -> None:
+    box = creds(BOX)
+    log = SecurityLog(tmp_path / "box.log")
+    log.record("auth-failed", "192.0.2.7", "wrong password")
+    await send_pending(log, receiver.url, box.dir, tmp_path / "state.json")
+    operator = creds(Identity("alice", Role.OPERATOR))
+    url = f"{receiver.url}/security-events?box=box-0001"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, ssl=client_context(operator)) as answer:
+            assert answer.status == 200
+            body = await answer.json()
+        async with session.get(url, ssl=client_context(box)) as refused:
+            assert refused.status == 403
+            assert (await refused.json())["error"] == "a home may not read the events"
+    assert [Event(**e) for e in body["events"]] == read_events(log.path)
+    assert body["findings"] == []
+    own = read_events(receiver.db.with_suffix(".security.log"))
+    assert [(e.kind, e.source) for e in own] == [("events-refused", "box-0001")]
