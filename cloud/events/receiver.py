@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sqlite3
 import ssl
 import threading
@@ -28,6 +29,7 @@ from homeflex.security import GENESIS, Event, SecurityLog, verify_chain
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
+MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
 
 
 class EventStore:
@@ -117,10 +119,10 @@ def parse_event(item: object) -> Event:
     except TypeError as exc:
         raise ValueError(f"event fields: {exc}") from None
     at = f"event {e.seq!r}"
-    if not isinstance(e.seq, int) or isinstance(e.seq, bool) or e.seq < 1:
-        raise ValueError(f"{at}: seq must be a positive integer")
-    if not isinstance(e.ts, int | float) or isinstance(e.ts, bool):
-        raise ValueError(f"{at}: ts must be a number")
+    if not isinstance(e.seq, int) or isinstance(e.seq, bool) or not 0 < e.seq <= MAX_SEQ:
+        raise ValueError(f"{at}: seq must be an integer from 1 to {MAX_SEQ}")
+    if not isinstance(e.ts, int | float) or isinstance(e.ts, bool) or not math.isfinite(e.ts):
+        raise ValueError(f"{at}: ts must be a finite number")
     for name in ("kind", "source", "detail", "prev", "hash"):
         if not isinstance(getattr(e, name), str):
             raise ValueError(f"{at}: {name} must be a string")
@@ -165,7 +167,8 @@ class Receiver:
             return who
         sender = who.name
         try:
-            raw: Any = json.loads(await request.read())
+            # UTF-8 only (json.loads would guess UTF-16/32 from the bytes and garble the error)
+            raw: Any = json.loads((await request.read()).decode("utf-8"))
             if not isinstance(raw, list):
                 raise ValueError("expected a JSON list of events")
             events = [parse_event(item) for item in raw]
@@ -173,6 +176,8 @@ class Receiver:
             return self._refuse(413, sender, f"batch over {MAX_BODY} bytes")
         except ValueError as exc:
             return self._refuse(400, sender, f"malformed batch: {exc}")
+        except RecursionError:  # the C JSON parser's answer to "[[[[..." nested too deep
+            return self._refuse(400, sender, "malformed batch: JSON nested too deeply")
         top, findings = await asyncio.to_thread(self.store.store, sender, events)
         for problem in findings:  # the box's log was changed behind its back, or events lost
             self.security.record("events-chain-broken", sender, problem)

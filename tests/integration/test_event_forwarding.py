@@ -164,7 +164,7 @@ async def test_operators_read_what_a_box_sent_and_nobody_else(
     log = SecurityLog(tmp_path / "box.log")
     log.record("auth-failed", "192.0.2.7", "wrong password")
     await send_pending(log, receiver.url, box.dir, tmp_path / "state.json")
-    operator = creds(Identity("alice", Role.OPERATOR))
+    operator = creds(Identity("operator-ann", Role.OPERATOR))
     url = f"{receiver.url}/security-events?box=box-0001"
     async with aiohttp.ClientSession() as session:
         async with session.get(url, ssl=client_context(operator)) as answer:
@@ -177,3 +177,36 @@ async def test_operators_read_what_a_box_sent_and_nobody_else(
     assert body["findings"] == []
     own = read_events(receiver.db.with_suffix(".security.log"))
     assert [(e.kind, e.source) for e in own] == [("events-refused", "box-0001")]
+
+
+async def test_malformed_batches_are_refused_and_the_receiver_keeps_going(
+    receiver: Receiver, creds: CredsFactory, tmp_path: Path
+) -> None:
+    box = creds(BOX)
+    event = {"seq": 1, "ts": 1.0, "kind": "k", "source": "s", "detail": "d", "fields": {},
+             "prev": "0" * 64, "hash": "0" * 64}  # fmt: skip
+    bad = {
+        b"[" * 100_000 + b"]" * 100_000: "malformed batch: JSON nested too deeply",
+        json.dumps([{**event, "seq": 2**64}]).encode(): (
+            f"malformed batch: event {2**64}: seq must be an integer from 1 to {2**63 - 1}"
+        ),
+        json.dumps([{**event, "ts": float("nan")}]).encode(): (
+            "malformed batch: event 1: ts must be a finite number"
+        ),
+        b'{"seq": 1}': "malformed batch: expected a JSON list of events",
+        b"[" + b" " * (1024 * 1024) + b"]": "batch over 1048576 bytes",
+    }
+    url = f"{receiver.url}/security-events"
+    async with aiohttp.ClientSession() as session:
+        for body, reason in bad.items():
+            async with session.post(url, data=body, ssl=client_context(box)) as answer:
+                assert answer.status in (400, 413)
+                assert (await answer.json())["error"] == reason
+    own = read_events(receiver.db.with_suffix(".security.log"))
+    assert [(e.kind, e.source, e.detail) for e in own] == [
+        ("events-refused", "box-0001", reason) for reason in bad.values()
+    ]
+    assert receiver.held("box-0001") == []
+    log = SecurityLog(tmp_path / "box.log")
+    log.record("auth-failed", "192.0.2.7", "wrong password")
+    assert await send_pending(log, receiver.url, box.dir, tmp_path / "state.json") == 1

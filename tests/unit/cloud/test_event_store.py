@@ -85,8 +85,14 @@ def test_edited_renumbered_and_changed_resends_are_findings(
         ([], "an event is a JSON object"),
         ({"seq": 1}, "event fields"),
         ({"seq": 1, "ts": 1, "kind": "k", "source": "s", "detail": "d", "x": 1}, "event fields"),
-        ({"seq": "1", "ts": 1, "kind": "k", "source": "s", "detail": "d"}, "positive integer"),
-        ({"seq": 0, "ts": 1, "kind": "k", "source": "s", "detail": "d"}, "positive integer"),
+        (
+            {"seq": "1", "ts": 1, "kind": "k", "source": "s", "detail": "d"},
+            "seq must be an integer from 1",
+        ),
+        (
+            {"seq": 0, "ts": 1, "kind": "k", "source": "s", "detail": "d"},
+            "seq must be an integer from 1",
+        ),
         ({"seq": 1, "ts": "now", "kind": "k", "source": "s", "detail": "d"}, "ts must be"),
         ({"seq": 1, "ts": 1, "kind": 5, "source": "s", "detail": "d"}, "kind must be"),
         ({"seq": 1, "ts": 1, "kind": "k", "source": "s", "detail": "d", "fields": []}, "fields"),
