@@ -221,6 +221,38 @@ def edge_plan(inputs_path: Path | None, schema: str | None) -> None:
     click.echo(plan_to_json(plan, report(inputs, plan)))
 
 
+@edge.command("update")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="gateway configuration (YAML): data_dir, credentials (ca.pem, crl.pem), security log",
+)
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+def edge_update(config_path: Path, bundle: Path) -> None:
+    """Install a signed update bundle: checked against the box's root and revocation list,
+    refused (and logged as a security event) unless signed by our release key and newer."""
+    from homeflex.edge.update import UpdateRefused, install_bundle
+    from homeflex.pki.trust import TrustStore
+    from homeflex.security import SecurityLog
+
+    cfg = _gateway_config(config_path)
+    if cfg.credentials is None:
+        raise click.ClickException("the gateway has no `credentials:` directory to check with")
+    try:
+        trust = TrustStore.load(cfg.credentials / "ca.pem", cfg.credentials / "crl.pem")
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(
+            f"{cfg.credentials}: cannot load the trust anchors: {exc}"
+        ) from None
+    try:
+        manifest = install_bundle(bundle, cfg.data_dir, trust, SecurityLog(cfg.security_log_path))
+    except UpdateRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"installed release {manifest.version}; restart the gateway to run it")
+
+
 @main.command("demo")
 @click.option(
     "--home",
@@ -260,7 +292,6 @@ from homeflex.cloud.events.command import events_cmd as _cloud_events  # noqa: E
 from homeflex.cloud.mqtt.command import mqtt as _cloud_mqtt  # noqa: E402
 from homeflex.cloud.xmpp.command import xmpp as _cloud_xmpp  # noqa: E402
 from homeflex.edge.enroll import enroll_cmd as _edge_enroll  # noqa: E402
-from homeflex.edge.update import update_cmd as _edge_update  # noqa: E402
 from homeflex.pki.cli import add_commands as _pki_commands  # noqa: E402
 
 cloud.add_command(_cloud_mqtt)
@@ -268,7 +299,6 @@ cloud.add_command(_cloud_xmpp)
 cloud.add_command(_cloud_enroll)
 cloud.add_command(_cloud_events)
 edge.add_command(_edge_enroll)
-edge.add_command(_edge_update)
 _pki_commands(pki)
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import click
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -247,37 +246,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-@click.command("update")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="gateway configuration (YAML): data_dir, credentials (ca.pem, crl.pem), security log",
-)
-@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-def update_cmd(config_path: Path, bundle: Path) -> None:
-    """Install a signed update bundle: checked against the box's root and revocation list,
-    refused (and logged as a security event) unless signed by our release key and newer."""
-    from homeflex.configfile import ConfigError, load_config
-    from homeflex.edge.config import GatewayConfig
-
-    try:
-        cfg = load_config(config_path, GatewayConfig)
-    except ConfigError as exc:
-        raise click.ClickException(f"configuration error\n{exc}") from None
-    if cfg.credentials is None:
-        raise click.ClickException("the gateway has no `credentials:` directory to check with")
-    try:
-        trust = TrustStore.load(cfg.credentials / "ca.pem", cfg.credentials / "crl.pem")
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(
-            f"{cfg.credentials}: cannot load the trust anchors: {exc}"
-        ) from None
-    try:
-        manifest = install_bundle(bundle, cfg.data_dir, trust, SecurityLog(cfg.security_log_path))
-    except UpdateRefused as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"installed release {manifest.version}; restart the gateway to run it")

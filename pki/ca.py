@@ -175,8 +175,8 @@ class FleetCA:
         if held:
             # services are authorised by name (the MQTT ACL sees only the CN): one name, one role
             raise CaError(
-                f"{identity.name}: the name is already held by a {held.pop().value}; "
-                f"a {identity.role.value} needs a name of its own"
+                f"{identity.name}: the name is already held with role {held.pop().value}; "
+                f"choose another name for this {identity.role.value} certificate"
             )
         now = datetime.now(UTC)
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]

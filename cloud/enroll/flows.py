@@ -147,7 +147,10 @@ def new_code(
     another kind of party in the CA (the CA would refuse to issue for it at enrollment)."""
     held = {i.role for i in fleet.issued(name)} - {Role.HOME}
     if held:
-        raise RegistryError(f"{name}: the name is held by a {held.pop().value}; choose another")
+        raise RegistryError(
+            f"{name}: the name is already held with role {held.pop().value}; "
+            "choose another name for the box"
+        )
     return registry.new_code(name, valid)
 
 

@@ -87,7 +87,7 @@ def test_renewal_certifies_the_same_identity_again(agg: Aggregator) -> None:
 
 def test_a_service_certificate_cannot_renew_as_a_box(agg: Aggregator, tmp_path: Path) -> None:
     svc = issue_credentials(agg.fleet, Identity("svc-0001", Role.SERVICE), tmp_path / "svc")
-    with pytest.raises(RegistryError, match="held by a service"):
+    with pytest.raises(RegistryError, match="already held with role service"):
         flows.new_code(agg.fleet, agg.registry, "svc-0001")
     with pytest.raises(flows.Refused, match="wrong-role"):
         flows.renew(agg.fleet, agg.registry, agg.trust(), svc.chain(), box_csr()[1])

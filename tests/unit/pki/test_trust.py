@@ -154,5 +154,5 @@ def test_tls_contexts_verify_both_sides(
 
 def test_a_name_keeps_its_role(fleet_ca: FleetCA, creds: CredsFactory) -> None:
     creds(Identity("ingest", Role.SERVICE))
-    with pytest.raises(CaError, match="already held by a service"):
+    with pytest.raises(CaError, match="already held with role service"):
         creds(Identity("ingest", Role.HOME))
