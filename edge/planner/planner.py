@@ -123,9 +123,11 @@ def run(a: Assembled, inputs: PlanInputs) -> Plan:
     # and on the benchmark's homes it reaches the gap in a third of HiGHS's time. The absolute
     # gap stops it when the objective is near zero and no relative gap can be proven. With
     # SCIP's default tolerance (1e-6) a binary read back as 0.99999995 let a 1380 W minimum
-    # come out as 1379.9999 W.
+    # come out as 1379.9999 W. At its default dual tolerance (1e-7) a home with prices near
+    # zero got a plan 1.4e-4 (relative) above the optimum it found when the prices doubled.
     limits = (
         "numerics/feastol = 1e-9\n"
+        "numerics/dualfeastol = 1e-10\n"
         f"limits/gap = {inputs.relative_gap!r}\n"
         f"limits/absgap = {OBJECTIVE_SCALE * inputs.absolute_gap_eur!r}\n"
     )

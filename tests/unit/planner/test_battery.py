@@ -164,3 +164,27 @@ def test_an_unreachable_end_target_is_noted_not_infeasible() -> None:
 def test_a_band_upside_down_is_refused() -> None:
     with pytest.raises(ValidationError, match=r"bat: soc_min_pct 80\.0 is above soc_max_pct 20\.0"):
         BatterySpec.model_validate(battery(soc_min_pct=80, soc_max_pct=20))
+
+
+def test_prices_near_zero_still_reach_the_optimum() -> None:
+    """Found by hypothesis: with prices of 0 to 0.06 ct/kWh SCIP stopped 1.4e-4 above the
+    optimum at its default dual tolerance; doubling every price must double the cost."""
+    from homeflex.edge.planner.devices.pv import PvSpec
+
+    ptus = 37
+    ramp = [round(t * 1.7e-05, 6) for t in range(ptus)]
+    battery = BatterySpec(id="battery", capacity_wh=7003.0, soc_start_pct=0.0, soc_min_pct=0.0,
+                   soc_max_pct=58.0, max_charge_w=2318.0, max_discharge_w=625.0,
+                   charge_efficiency=0.875, discharge_efficiency=1.0,
+                   cycle_cost_eur_per_kwh=0.0)  # fmt: skip
+    base = PlanInputs(
+        start=datetime(2026, 6, 1, 8, tzinfo=UTC), ptus=ptus, import_price=ramp,
+        export_price=ramp, base_load_w=[50.0] * ptus, relative_gap=0.0, absolute_gap_eur=0.0,
+        devices=[PvSpec(id="pv", forecast_w=[0.0] * ptus, curtailable=False), battery],
+    )  # fmt: skip
+    doubled = base.model_copy(
+        update={"import_price": [2 * p for p in ramp], "export_price": [2 * p for p in ramp]}
+    )
+    assert solve(doubled).energy_cost_eur == pytest.approx(
+        2 * solve(base).energy_cost_eur, rel=1e-6, abs=1e-9
+    )
