@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from homeflex.edge.planner.model import DeviceSchedule, Extract, LinExpr, PlanModel
 
-NOISE_W = 1e-3  # W: forecasts below this are noise, planned as zero
+NOISE_W = 1e-3  # W: a curtailable forecast below this is noise, planned as zero
 
 
 class PvSpec(BaseModel):
@@ -41,19 +41,20 @@ def build_pv(spec: PvSpec, m: PlanModel) -> Extract:
         )
     produced: list[LinExpr | float] = []
     for t, forecast in enumerate(spec.forecast_w):
-        # below a milliwatt a forecast is rounding noise; SCIP's presolve declared a model with
-        # such a bound (1.75e-9 W) infeasible
-        available = forecast if forecast >= NOISE_W else 0.0
-        p = m.num(0, available, f"{spec.id}.produced_w[{t}]") if spec.curtailable else available
+        if not spec.curtailable:
+            p: LinExpr | float = forecast
+        elif forecast < NOISE_W:
+            # rounding noise of a forecast; as a variable's bound (1.75e-9 W) it made SCIP's
+            # presolve declare the model infeasible
+            p = 0.0
+        else:
+            p = m.num(0, forecast, f"{spec.id}.produced_w[{t}]")
         m.add_power(t, -p)
         produced.append(p)
 
     def extract() -> DeviceSchedule:
         out = [m.value(p) for p in produced]
-        curtailed = [
-            max(0.0, a - p) if a >= NOISE_W else 0.0
-            for a, p in zip(spec.forecast_w, out, strict=True)
-        ]
+        curtailed = [max(0.0, a - p) for a, p in zip(spec.forecast_w, out, strict=True)]
         return DeviceSchedule(spec.id, [-p for p in out], {"curtailed_w": curtailed})
 
     return extract
