@@ -112,6 +112,39 @@ class StoreConfig(Strict):
     retention: RetentionConfig = RetentionConfig()
 
 
+class TelemetryConfig(Strict):
+    """Sending readings and PTU energies to the cloud over MQTT (edge/uplink.py)."""
+
+    broker: str = Field(
+        pattern=r"^mqtts://[A-Za-z0-9.-]+:[0-9]{1,5}$",
+        description="the aggregator's MQTT broker, mqtts://host:port (TLS with the box's "
+        "certificate; the host must be the name in the broker's certificate)",
+    )
+    every_s: float = Field(1.0, gt=0, description="real seconds between sending rounds")
+    batch_max: int = Field(5000, ge=1, le=20_000, description="items in one batch at most")
+    in_flight: int = Field(8, ge=1, le=64, description="batches sent but not yet acknowledged")
+    ack_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="real seconds to wait for the ingest's acknowledgement of a "
+        "batch before sending its items again",
+    )
+    outbox_max_rows: int = Field(
+        10_000_000,
+        ge=1000,
+        description="the outbox's bound; past it old raw readings are "
+        "thinned to one a minute, then one a PTU (PTU energies are never dropped)",
+    )
+
+    @property
+    def host(self) -> str:
+        return self.broker.removeprefix("mqtts://").rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.broker.rsplit(":", 1)[1])
+
+
 class GatewayConfig(Strict):
     data_dir: Path = Field(
         description="where the gateway keeps its state (status, Zigbee database)"
@@ -148,6 +181,9 @@ class GatewayConfig(Strict):
     security_log: Path | None = Field(
         None, description="the security event log; default <data_dir>/security.log"
     )
+    telemetry: TelemetryConfig | None = Field(
+        None, description="send readings and PTU energies to the cloud; absent: kept on the box"
+    )
 
     @property
     def security_log_path(self) -> Path:
@@ -174,6 +210,8 @@ class GatewayConfig(Strict):
             raise ValueError("`events_url` is set but there is no `credentials:` directory")
         if self.enrollment_url and self.credentials is None:
             raise ValueError("`enrollment_url` is set but there is no `credentials:` directory")
+        if self.telemetry and self.credentials is None:
+            raise ValueError("`telemetry` is set but there is no `credentials:` directory")
         if tls and self.credentials is None:
             raise ValueError(
                 f"devices {', '.join(tls)} use tls but there is no `credentials:` directory "

@@ -33,6 +33,7 @@ from homeflex.edge.planner.kpi import report
 from homeflex.edge.planner.planner import Plan, plan_to_json, solve
 from homeflex.edge.poller import Poller
 from homeflex.edge.store import Store
+from homeflex.edge.uplink import Uplink
 from homeflex.security import SecurityLog
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class Gateway:
         self._history_ptu: float | None = None
         self._plan_written: Plan | None = None
         self.security: SecurityLog | None = None  # opened by start()
+        self.uplink: Uplink | None = None  # started by run() when telemetry is configured
         # one context source for every TLS link: it follows the credentials on disk
         self._tls_contexts = ClientContexts(cfg.credentials) if cfg.credentials else None
 
@@ -88,6 +90,8 @@ class Gateway:
     async def start(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = await self._db(Store.open, self.cfg.store.path)
+        if self.cfg.telemetry is not None:
+            await self._db(self.store.enable_outbox)
         self.security = SecurityLog(self.cfg.security_log_path)
         if self.cfg.zigbee is not None:
             from homeflex.edge.devices.zigbee import (
@@ -259,6 +263,15 @@ class Gateway:
         state = self.cfg.data_dir / "security-forwarded.json"
         await forward_events(self.security, url, creds, state, self.cfg.events_every_s)
 
+    async def _uplink(self) -> None:
+        """Telemetry to the cloud (edge/uplink.py), when configured."""
+        tel, creds = self.cfg.telemetry, self.cfg.credentials
+        if tel is None or creds is None or self.store is None:
+            return
+        poll_s = {d.id: d.poll_s for d in self.cfg.devices}
+        self.uplink = Uplink(tel, creds, self.store, self._db, self.clock, poll_s, self.security)
+        await self.uplink.run()
+
     async def _retention(self) -> None:
         while True:
             await self.clock.sleep(RETENTION_EVERY_S)
@@ -281,6 +294,7 @@ class Gateway:
             asyncio.create_task(self._retention(), name="retention"),
             asyncio.create_task(self._credential_upkeep(), name="credentials"),
             asyncio.create_task(self._forward_events(), name="security-events"),
+            asyncio.create_task(self._uplink(), name="uplink"),
         ]
         if self.control is not None and self.home is not None:
             run = self.control.run(self._control_poll, self._control_send, self.home.cfg.cycle_s)

@@ -68,7 +68,25 @@ def _v1_initial(db: Database) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial]
+def _v2_outbox(db: Database) -> None:
+    # What waits to be sent to the cloud, in the order it is to be sent. AUTOINCREMENT: a
+    # sequence number is never given twice, even after the newest rows were sent and deleted,
+    # because the cloud takes (box, seq) as the identity of an item. A row is a raw reading
+    # (series, ts_ms, value) or a PTU aggregate to send (device, ts_ms = PTU start; its values
+    # are read from `ptu` when sent, so a PTU queued twice sends its latest values twice).
+    db.execute(
+        """CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            series INTEGER REFERENCES series(id),
+            device INTEGER REFERENCES devices(id),
+            ts_ms INTEGER NOT NULL,
+            value REAL,
+            CHECK ((series IS NULL) != (device IS NULL))
+        ) STRICT"""
+    )
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox]
 """MIGRATIONS[i] takes the schema from version i to version i + 1."""
 
 LATEST = len(MIGRATIONS)

@@ -14,9 +14,11 @@ from sqlite_utils import Database
 from homeflex.clock import PTU_SECONDS
 from homeflex.edge.config import RetentionConfig
 from homeflex.edge.devices.capabilities import Quantity, Reading
+from homeflex.edge.store import outbox as _outbox
 from homeflex.edge.store import retention as _retention
-from homeflex.edge.store.ptu import apportion, ptu_start_ms
+from homeflex.edge.store.ptu import PTU_MS, apportion, ptu_start_ms
 from homeflex.edge.store.schema import LATEST, migrate, user_version
+from homeflex.telemetry import PtuItem, ReadingItem
 
 BUSY_TIMEOUT_MS = 5000
 COUNTERS = (Quantity.IMPORT_WH, Quantity.EXPORT_WH)
@@ -96,6 +98,7 @@ class Store:
         self._db = db
         self._path = path
         self._estimate_after_ms = _ms(estimate_after_s)
+        self._outbox = False
         self._load_caches()
 
     @classmethod
@@ -159,6 +162,40 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    # --- the outbox (what the uplink sends to the cloud) ----------------------------------------
+
+    def enable_outbox(self) -> None:
+        """From now on every new reading, and every PTU as it closes or changes after closing,
+        is queued in the outbox (the gateway does this when telemetry is configured)."""
+        self._db.execute(_outbox.TRIGGER)
+        self._outbox = True
+
+    def outbox_take(
+        self,
+        limit: int,
+        *,
+        after: int = 0,
+        upto: int | None = None,
+        skip: Sequence[tuple[int, int]] = (),
+    ) -> tuple[list[ReadingItem], list[PtuItem]]:
+        """Up to `limit` queued items with after < seq <= upto, oldest first, outside `skip`."""
+        return _outbox.take(self._db, limit, after=after, upto=upto, skip=skip)
+
+    def outbox_delete(self, seqs: Sequence[int]) -> int:
+        """Remove acknowledged items; the number removed."""
+        with self._transaction():
+            return _outbox.delete(self._db, seqs)
+
+    def outbox_last_seq(self) -> int:
+        return _outbox.last_seq(self._db)
+
+    def outbox_size(self) -> int:
+        return _outbox.size(self._db)
+
+    def outbox_thin(self, max_rows: int) -> int:
+        with self._transaction():
+            return _outbox.thin(self._db, max_rows)
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -231,6 +268,7 @@ class Store:
         wanted.sort(key=lambda row: (row[0], row[1]))
         ptus: dict[tuple[int, int], _PtuDelta] = {}
         changed: dict[int, tuple[int, float]] = {}
+        before = self._device_times() if self._outbox else {}
         events: list[tuple[int, int, str, float, str]] = []
         for series, ts_ms, value in wanted:
             device_id, _, quantity = self._series_info[series]
@@ -297,6 +335,45 @@ class Store:
             " VALUES (?, ?, ?, ?, ?)",
             events,
         )
+        if self._outbox:
+            self._queue_closed_ptus(before, self._device_times(), ptus)
+
+    def _device_times(self) -> dict[int, int]:
+        """The newest aggregated reading time of each device (over its series)."""
+        times: dict[int, int] = {}
+        for series, (ts_ms, _) in self._state.items():
+            device = self._series_info[series][0]
+            times[device] = max(ts_ms, times.get(device, ts_ms))
+        return times
+
+    def _queue_closed_ptus(
+        self,
+        before: dict[int, int],
+        after: dict[int, int],
+        touched: dict[tuple[int, int], _PtuDelta],
+    ) -> None:
+        """Queue the PTUs this write closed (a device's readings moved past their end) and the
+        closed PTUs it changed (a late interval apportioned into them), in time order."""
+        queued: set[tuple[int, int]] = set()
+        for device, now_ms in after.items():
+            was_ms = before.get(device)
+            first = ptu_start_ms(was_ms) if was_ms is not None else None
+            last = ptu_start_ms(now_ms)  # the PTU now running stays open
+            if first is None:
+                starts = [s for d, s in touched if d == device]
+                first = min(starts, default=last)
+            rows = self._db.conn.execute(
+                "SELECT ptu_start_ms FROM ptu WHERE device = ? AND ptu_start_ms >= ?"
+                " AND ptu_start_ms < ?",
+                [device, first, last],
+            )
+            queued.update((device, int(start)) for (start,) in rows)
+        for device, start in touched:
+            was_ms = before.get(device)
+            if was_ms is not None and start + PTU_MS <= was_ms:
+                queued.add((device, start))
+        in_time_order = sorted((start, device) for device, start in queued)
+        self._db.conn.executemany("INSERT INTO outbox (ts_ms, device) VALUES (?, ?)", in_time_order)
 
     def apply_retention(self, now: float, retention: RetentionConfig, max_rows: int) -> int:
         """Downsample raw readings older than raw_days to 1-minute stats and delete those older

@@ -1,0 +1,1 @@
+"""The historical data service: telemetry ingest, pseudonymous history, data-path report."""

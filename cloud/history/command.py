@@ -1,0 +1,187 @@
+"""`homeflex cloud history ...`: run the ingest, check integrity, report on the data path.
+
+The data directory holds `history.db` (pseudonymous; can be shared with the aggregator's views
+and analysts), `keys/` (the pseudonym and integrity keys and `identities.db`, mode 0600: the
+settlement's and the operator's only) and `security.log` (the ingest's refusals and alarms).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+DATA = click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="the history's data directory",
+)
+
+
+def _paths(data_dir: Path) -> tuple[Path, Path, Path]:
+    return data_dir / "history.db", data_dir / "keys", data_dir / "security.log"
+
+
+def _time(text: str) -> float:
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected ISO 8601, e.g. 2026-06-21T00:00Z") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.timestamp()
+
+
+@click.group("history")
+def history() -> None:
+    """The historical data service: telemetry ingest, integrity, data-path report."""
+
+
+@history.command("ingest")
+@DATA
+@click.option(
+    "--creds",
+    "creds_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="the ingest's credentials (a `service` certificate named in the broker's ACL)",
+)
+@click.option("--broker", required=True, help="mqtts://host:port")
+@click.option(
+    "--check-every", default=300.0, show_default=True, help="seconds between integrity checks"
+)
+@click.option("--raw-days", default=30.0, show_default=True, help="keep raw readings this long")
+@click.option("--ptu-days", default=730.0, show_default=True, help="keep PTU energies this long")
+def ingest_cmd(
+    data_dir: Path,
+    creds_dir: Path,
+    broker: str,
+    check_every: float,
+    raw_days: float,
+    ptu_days: float,
+) -> None:
+    """Take telemetry off the broker into the history until SIGTERM or Ctrl-C."""
+    from homeflex.agents.chains import ChainVerifier
+    from homeflex.cloud.history.ingest import Ingest, IntegrityWatch
+    from homeflex.cloud.history.keys import HistoryKeys, Identities
+    from homeflex.cloud.history.sqlite import SqliteHistory
+    from homeflex.mqtt_client import MqttError, MqttLink
+    from homeflex.pki.bundle import Credentials
+    from homeflex.pki.trust import TrustStore
+    from homeflex.security import SecurityLog
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not broker.startswith("mqtts://") or ":" not in broker[8:]:
+        raise click.BadParameter(f"{broker!r}: expected mqtts://host:port", param_hint="--broker")
+    host, _, port = broker[8:].rpartition(":")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db_path, keys_dir, log_path = _paths(data_dir)
+    try:
+        creds = Credentials.load(creds_dir)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    keys = HistoryKeys.load(keys_dir)
+    store = SqliteHistory(db_path, keys.integrity)
+    checker = SqliteHistory(db_path, keys.integrity)  # a reader of its own for the checks
+    security = SecurityLog(log_path)
+    ingest = Ingest(
+        store, keys, Identities(keys_dir / "identities.db"), ChainVerifier(TrustStore.of(creds)),
+        security,
+    )  # fmt: skip
+    watch = IntegrityWatch(checker, security, str(db_path))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    last_check = 0.0
+    try:
+        while not stop.is_set():
+            link = MqttLink(creds, host, int(port), security=security)
+            try:
+                link.connect()
+                ingest.attach(link)
+                click.echo(f"ingesting from {broker} into {db_path}")
+                while not stop.is_set() and link.connected:
+                    if time.monotonic() - last_check >= check_every:
+                        watch.check()
+                        store.apply_retention(time.time(), raw_days, ptu_days)
+                        last_check = time.monotonic()
+                    stop.wait(1.0)
+            except MqttError as exc:
+                logging.getLogger(__name__).warning("ingest: %s; retrying in 5 s", exc)
+            finally:
+                link.close()
+            stop.wait(5.0)
+    finally:
+        store.close()
+        checker.close()
+
+
+@history.command("check")
+@DATA
+def check_cmd(data_dir: Path) -> None:
+    """Check every row against its MAC and the totals; exit 1 and list what was changed."""
+    from homeflex.cloud.history.ingest import IntegrityWatch
+    from homeflex.cloud.history.keys import HistoryKeys
+    from homeflex.cloud.history.sqlite import SqliteHistory
+    from homeflex.security import SecurityLog
+
+    db_path, keys_dir, log_path = _paths(data_dir)
+    store = SqliteHistory(db_path, HistoryKeys.load(keys_dir).integrity)
+    try:
+        found = IntegrityWatch(store, SecurityLog(log_path), str(db_path)).check()
+    finally:
+        store.close()
+    for t in found:
+        click.echo(f"TAMPERED {t.table} {t.key} of {t.pid}: {t.detail}")
+    if found:
+        raise SystemExit(1)
+    click.echo("history intact")
+
+
+@history.command("report")
+@DATA
+@click.option("--start", required=True, help="ISO 8601 (UTC unless an offset is given)")
+@click.option("--end", required=True, help="ISO 8601, exclusive")
+@click.option("--box", "boxes", multiple=True, help="pseudonymous id; default all boxes")
+@click.option("--json", "as_json", is_flag=True, help="JSON for the aggregator's views")
+def report_cmd(data_dir: Path, start: str, end: str, boxes: tuple[str, ...], as_json: bool) -> None:
+    """Expected against received readings, gaps, outliers, latency and effectiveness."""
+    from homeflex.cloud.history.keys import HistoryKeys
+    from homeflex.cloud.history.report import fleet_report
+    from homeflex.cloud.history.sqlite import SqliteHistory
+
+    t0, t1 = _time(start), _time(end)
+    if t1 <= t0:
+        raise click.BadParameter("--end must be after --start")
+    db_path, keys_dir, _ = _paths(data_dir)
+    store = SqliteHistory(db_path, HistoryKeys.load(keys_dir).integrity)
+    try:
+        report = fleet_report(store, t0, t1, list(boxes) or None)
+    finally:
+        store.close()
+    click.echo(report.to_json() if as_json else report.render())
+
+
+@history.command("who")
+@DATA
+@click.argument("pid")
+def who_cmd(data_dir: Path, pid: str) -> None:
+    """The box behind a pseudonymous id (needs read access to keys/identities.db)."""
+    from homeflex.cloud.history.keys import Identities
+
+    path = _paths(data_dir)[1] / "identities.db"
+    if not path.is_file():
+        raise click.ClickException(f"{path}: no identity map here (or no access to it)")
+    box = Identities(path).box(pid)
+    if box is None:
+        raise click.ClickException(f"{pid}: no box with this id in {path}")
+    click.echo(box)
