@@ -236,28 +236,39 @@ def compare_meter(store_path: Path, meter_csv: Path, meter_id: str = "meter") ->
     from homeflex.edge.devices.capabilities import Quantity
     from homeflex.edge.store import Store
 
-    rows = list(csv.DictReader(meter_csv.open()))
-    sim = {float(r["sim_time"]): (float(r["import_wh"]), float(r["export_wh"])) for r in rows}
     store = Store.open(store_path, read_only=True)
     try:
-        ptus = store.ptu_energy(meter_id, min(sim) if sim else 0, max(sim) + 1 if sim else 0)
+        ptus = [
+            (p.ptu_start, p.import_wh, p.export_wh, p.estimated)
+            for p in store.ptu_energy(meter_id, 0, 1e12)
+        ]
         counters = store.readings(meter_id, Quantity.IMPORT_WH, 0, 1e12)
         last_seen = counters[-1].ts if counters else 0.0
     finally:
         store.close()
+    return compare_ptus(ptus, meter_csv, last_seen)
+
+
+def compare_ptus(
+    ptus: list[tuple[float, float, float, bool]], meter_csv: Path, last_seen: float
+) -> MeterComparison:
+    """Compare PTU energies (start, import Wh, export Wh, estimated) wherever they were kept
+    against the simulator's meter record; PTUs ending after `last_seen` are left out."""
+    rows = list(csv.DictReader(meter_csv.open()))
+    sim = {float(r["sim_time"]): (float(r["import_wh"]), float(r["export_wh"])) for r in rows}
     n, max_rel, max_abs = 0, 0.0, 0.0
     tot = [0.0, 0.0, 0.0, 0.0]
-    for p in ptus:
-        begin, end = sim.get(p.ptu_start), sim.get(p.ptu_start + PTU_SECONDS)
-        if begin is None or end is None or p.estimated or p.ptu_start + PTU_SECONDS > last_seen:
+    for start, imp, exp, estimated in ptus:
+        begin, end = sim.get(start), sim.get(start + PTU_SECONDS)
+        if begin is None or end is None or estimated or start + PTU_SECONDS > last_seen:
             continue  # PTUs the gateway saw only in part (start-up, shut-down)
         sim_imp, sim_exp = end[0] - begin[0], end[1] - begin[1]
         n += 1
-        tot[0] += p.import_wh
+        tot[0] += imp
         tot[1] += sim_imp
-        tot[2] += p.export_wh
+        tot[2] += exp
         tot[3] += sim_exp
-        for got, want in ((p.import_wh, sim_imp), (p.export_wh, sim_exp)):
+        for got, want in ((imp, sim_imp), (exp, sim_exp)):
             max_abs = max(max_abs, abs(got - want))
             if want >= 10:
                 max_rel = max(max_rel, abs(got - want) / want)

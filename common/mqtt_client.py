@@ -122,6 +122,7 @@ class MqttLink:
         self._acks: dict[int, ReasonCode] = {}
         self._subacks: dict[int, list[ReasonCode]] = {}
         self._subacked = threading.Condition(self._lock)
+        self._subscriptions: dict[str, int] = {}  # filter → QoS, renewed at each reconnect
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
@@ -183,6 +184,9 @@ class MqttLink:
         else:
             self._connected.set()
             log.info("%s connected to %s", self.identity.name, self.where)
+            # a clean session starts without subscriptions: renew ours after a reconnect
+            for topic_filter, qos in list(self._subscriptions.items()):
+                client.subscribe(topic_filter, qos=qos)
         self._finished.set()
 
     def _on_disconnect(
@@ -283,6 +287,7 @@ class MqttLink:
             codes = self._subacks.pop(mid)
         if any(c.is_failure for c in codes):
             raise MqttError(f"{self.where}: subscription to {topic_filter} refused: {codes[0]}")
+        self._subscriptions[topic_filter] = qos
 
     def _on_subscribe(
         self,

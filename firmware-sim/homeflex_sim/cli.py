@@ -107,8 +107,9 @@ def _send(control: str | None, state_dir: Path | None, message: dict[str, Any]) 
 @click.argument("fault")
 @click.option("--code", type=int, default=4, show_default=True, help="exception code")
 def fault(control: str | None, state_dir: Path | None, device: str, fault: str, code: int) -> None:
-    """Make DEVICE show FAULT: timeout, exception, nan, out_of_range, drop, single_client or
-    clear (Zigbee devices: the Zigbee network's faults)."""
+    """Make DEVICE show FAULT: timeout, exception, nan, out_of_range, drop, single_client,
+    ignore_writes, spike (+20 kW on the power registers for one read, then cleared) or clear
+    (Zigbee devices: the Zigbee network's faults)."""
     _send(control, state_dir, {"cmd": "fault", "device": device, "fault": fault, "code": code})
 
 

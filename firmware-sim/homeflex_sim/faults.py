@@ -12,12 +12,20 @@ MODBUS_FAULTS = (
     "drop",
     "single_client",
     "ignore_writes",
+    "spike",
 )
 """timeout: no response · exception: answer every request with exception `code` · nan: float
 registers read NaN · out_of_range: measurements show the "not available" pattern (integers) or an
 absurd value (floats) · drop: close the client's connection on its next request · single_client:
 the server keeps one TCP client and closes any further connection at once · ignore_writes:
-writes are acknowledged but not applied (a device in local-control mode)."""
+writes are acknowledged but not applied (a device in local-control mode) · spike: the active
+power registers (power_w and any per-phase power_lN_w) show the true value + SPIKE_W for exactly
+one read request that covers them, then the fault clears itself (one outlier sample; energy
+counters and the physics are untouched)."""
+
+SPIKE_W = 20_000.0
+"""What the `spike` fault adds to each active power register. Fixed: `code` is an exception code
+(1..255), not a power."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-FaultName = Literal["timeout", "exception", "nan", "out_of_range", "drop", "single_client"]
+FaultName = Literal["timeout", "exception", "nan", "out_of_range", "drop", "single_client", "spike"]
 
 
 class HomeFileError(Exception):

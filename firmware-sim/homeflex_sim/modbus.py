@@ -90,6 +90,9 @@ class _Connection(ServerRequestHandler):
             response.dev_id = pdu.dev_id
             self.server_send(response, self.last_addr)  # type: ignore[no-untyped-call]
         else:
+            # nan, out_of_range, spike, ignore_writes, single_client: answered normally; the
+            # device's words (RegisterDevice) and `_Units` show the fault. A spike clears itself
+            # in RegisterDevice.read once one request has read the power registers.
             await super().handle_request()  # type: ignore[no-untyped-call]
 
 

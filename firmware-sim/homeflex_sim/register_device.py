@@ -3,14 +3,21 @@ client reads, refreshed for all registers at once after each physics step."""
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from typing import Any
 
-from homeflex_sim.faults import Fault
+from homeflex_sim.faults import SPIKE_W, Fault
 from homeflex_sim.templates import Register, Template
+
+log = logging.getLogger(__name__)
 
 ILLEGAL_ADDRESS = 0x02
 ILLEGAL_VALUE = 0x03
+# The active power measurements the `spike` fault shows wrong: the total a gateway reads as
+# power_w and the per-phase power of a three-phase device (not available_w, ratings, setpoints).
+SPIKE_REGISTERS = re.compile(r"power_w|power_l[1-3]_w")
 
 
 class RegisterDevice:
@@ -40,6 +47,8 @@ class RegisterDevice:
             for reg in template.registers
             for i in range(reg.words)
         }
+        # The cells a read must touch to take the one spiked sample.
+        self._spike_cells = {cell for cell, (reg, _) in self._cells.items() if _spiked(reg)}
         self._words: dict[tuple[str, int], int] = {}
         self.refresh(0.0)
 
@@ -53,15 +62,28 @@ class RegisterDevice:
             self._store(reg, self._shown(reg))
 
     def set_fault(self, fault: Fault | None) -> None:
+        if fault is not None and fault.kind == "spike" and not self._spike_cells:
+            raise ValueError(
+                f"device {self.id}: template {self.template.name} has no power register to spike"
+            )
         self.fault = fault
         self.refresh(self.clock_s)
 
     def read(self, table: str, address: int, count: int) -> list[int] | int:
-        """The words at address..address+count-1, or Modbus exception 2 if any is unmapped."""
+        """The words at address..address+count-1, or Modbus exception 2 if any is unmapped.
+        A `spike` fault is spent by the first successful read touching a power register."""
         try:
-            return [self._words[(table, a)] for a in range(address, address + count)]
+            words = [self._words[(table, a)] for a in range(address, address + count)]
         except KeyError:
             return ILLEGAL_ADDRESS
+        if (
+            self.fault is not None
+            and self.fault.kind == "spike"
+            and any((table, a) in self._spike_cells for a in range(address, address + count))
+        ):
+            self.set_fault(None)  # the words above keep the spike; the next read is true again
+            log.info("device %s: spike read once, fault cleared", self.id)
+        return words
 
     def write(self, address: int, words: list[int]) -> int | None:
         """Write whole writable holding registers; exception 2 for addresses that are not, 3 for a
@@ -94,8 +116,17 @@ class RegisterDevice:
             return reg.encode(math.nan)
         if measured and fault == "out_of_range":
             return reg.encode_not_available()
+        if measured and fault == "spike" and _spiked(reg):
+            # Clamped, never wrapped: Register.encode saturates an integer register just inside
+            # its range (a 16-bit register with scale 1 shows 32767 W, not a negative value or
+            # the "not available" pattern); a float32 holds true + 20 kW as is.
+            return reg.encode(self.value(reg.name) + SPIKE_W)
         return reg.encode(self.value(reg.name))
 
     def _store(self, reg: Register, words: list[int]) -> None:
         for i, word in enumerate(words):
             self._words[(reg.table, reg.address + i)] = word
+
+
+def _spiked(reg: Register) -> bool:
+    return not reg.writable and SPIKE_REGISTERS.fullmatch(reg.name) is not None

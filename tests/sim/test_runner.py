@@ -7,6 +7,7 @@ import asyncio
 import csv
 import json
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -134,6 +135,64 @@ def test_control_channel_faults_and_sigterm(tmp_path: Path) -> None:
             proc.kill()
     rows = list(csv.DictReader((state / "meter_ptu.csv").open()))
     assert rows and all(float(r["sim_time"]) % 900 == 0 for r in rows)
+
+
+def _i32(words: list[int]) -> int:
+    return int(struct.unpack(">i", struct.pack(">2H", *words))[0])
+
+
+def _u64(words: list[int]) -> int:
+    return int(struct.unpack(">Q", struct.pack(">4H", *words))[0])
+
+
+def test_cli_spike_fault_shows_once_then_clears(tmp_path: Path) -> None:
+    """`homeflex-sim fault meter spike` on a running home: one read shows power + 20 kW with the
+    counters as they are, `state` then reports no fault and the next read is true. The clock runs
+    at 0.001× with the anchor one step back, so one step is taken and no other comes."""
+    proc, state = start(
+        tmp_path,
+        "--speed",
+        "0.001",
+        "--start",
+        "2025-06-21T12:00:00Z",
+        "--anchor",
+        str(time.time() - 10_000),
+    )
+    try:
+        ep = endpoints(proc, state)
+        host, port = ep["control"]["host"], ep["control"]["port"]  # type: ignore[index]
+        meter_port = ep["devices"]["meter"]["port"]  # type: ignore[index]
+
+        async def scenario() -> None:
+            before = await request(host, port, {"cmd": "state"})
+            truth = before["devices"]["meter"]
+            assert truth["fault"] is None and truth["export_wh"] > 0  # a step was taken
+            fault = await asyncio.create_subprocess_exec(
+                *CLI, "fault", "--state-dir", str(state), "meter", "spike"
+            )
+            assert await fault.wait() == 0
+            s = await request(host, port, {"cmd": "state"})
+            assert s["devices"]["meter"]["fault"] == "spike"
+            c = AsyncModbusTcpClient("127.0.0.1", port=meter_port, timeout=1, retries=0)
+            await c.connect()
+            w = (await c.read_input_registers(0, count=24, device_id=1)).registers
+            assert (w[0] << 16 | w[1]) == before["sim_time"]  # still the same step
+            assert _i32(w[2:4]) == round(truth["power_w"] + 20_000)
+            assert _i32(w[4:6]) == round(truth["power_l1_w"] + 20_000)
+            assert _u64(w[16:20]) == round(truth["import_wh"] * 100)
+            assert _u64(w[20:24]) == round(truth["export_wh"] * 100)
+            s = await request(host, port, {"cmd": "state"})
+            assert s["devices"]["meter"]["fault"] is None
+            w = (await c.read_input_registers(2, count=2, device_id=1)).registers
+            assert _i32(w) == round(truth["power_w"])
+            c.close()
+
+        asyncio.run(scenario())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_stop_request_and_bad_home_file(tmp_path: Path) -> None:

@@ -1,0 +1,211 @@
+"""Acceptance: from firmware-sim through the gateway (a real process) and a real Mosquitto (TLS,
+client certificates, ACL) to the history. A simulated day arrives PTU for PTU as the simulated
+meter counted it; through a two-hour broker outage with the gateway killed twice (SIGKILL),
+every reading the box stored reaches the history exactly once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from homeflex.agents.chains import ChainVerifier
+from homeflex.cloud.history.ingest import Ingest
+from homeflex.cloud.history.keys import HistoryKeys, Identities
+from homeflex.cloud.history.sqlite import SqliteHistory
+from homeflex.cloud.mqtt.broker import Broker
+from homeflex.demo import compare_ptus, gateway_config
+from homeflex.mqtt_client import MqttLink
+from homeflex.pki.bundle import Credentials
+from homeflex.pki.identity import Identity, Role
+from homeflex.pki.trust import TrustStore
+from homeflex.security import SecurityLog
+from tests.integration.simhome import REPO, SimHome, run_sim
+from tests.pki_fixtures import CredsFactory
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs mosquitto"),
+]
+
+BROKER_ID = Identity("tel-mqtt", Role.SERVICE, dns=("localhost",), ips=("127.0.0.1",))
+INGEST_ID = Identity("tel-ingest", Role.SERVICE)
+BOX_ID = Identity("tel-box", Role.HOME)
+HOME_FILE = REPO / "firmware-sim" / "homes" / "detached.yaml"
+START = datetime(2026, 6, 21, tzinfo=UTC)
+
+
+@dataclass
+class Cloud:
+    broker: Broker
+    ingest: Ingest
+    store: SqliteHistory
+    keys: HistoryKeys
+    link: MqttLink
+
+
+@pytest.fixture
+def cloud(creds: CredsFactory, tmp_path: Path) -> Iterator[Cloud]:
+    broker = Broker(creds(BROKER_ID), tmp_path / "broker", services=[INGEST_ID.name])
+    broker.start()
+    keys = HistoryKeys.load(tmp_path / "history" / "keys")
+    store = SqliteHistory(tmp_path / "history" / "history.db", keys.integrity)
+    ingest_creds = creds(INGEST_ID)
+    ingest = Ingest(
+        store,
+        keys,
+        Identities(tmp_path / "history" / "keys" / "identities.db"),
+        ChainVerifier(TrustStore.of(ingest_creds)),
+        SecurityLog(tmp_path / "history" / "security.log"),
+    )
+    link = MqttLink(ingest_creds, "127.0.0.1", broker.port)
+    link.connect()
+    ingest.attach(link)
+    yield Cloud(broker, ingest, store, keys, link)
+    link.close()
+    broker.stop()
+    store.close()
+
+
+def start_gateway(
+    workdir: Path, sim: SimHome, box: Credentials, port: int
+) -> subprocess.Popen[bytes]:
+    cfg_path = workdir / "gateway.yaml"
+    if not cfg_path.exists():
+        cfg = gateway_config(sim.endpoints, HOME_FILE, workdir)
+        cfg["credentials"] = str(box.dir)
+        cfg["telemetry"] = {"broker": f"mqtts://127.0.0.1:{port}", "every_s": 0.2}
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log = (workdir / "gateway.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "homeflex.cli", "edge", "run", "--config", str(cfg_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def outbox_size(store_db: Path) -> int:
+    db = sqlite3.connect(f"file:{store_db}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+    finally:
+        db.close()
+
+
+def drain_and_stop(sim: SimHome, gw: subprocess.Popen[bytes], store_db: Path) -> None:
+    """Stop the devices, let the uplink empty the outbox, then stop the gateway."""
+    sim.proc.send_signal(signal.SIGTERM)
+    sim.proc.wait(20)
+    time.sleep(2.0)  # the gateway's writer commits what it still holds
+    deadline = time.monotonic() + 120
+    while outbox_size(store_db) > 0:
+        assert gw.poll() is None, "the gateway died"
+        assert time.monotonic() < deadline, f"outbox still holds {outbox_size(store_db)} rows"
+        time.sleep(0.5)
+    gw.send_signal(signal.SIGTERM)
+    gw.wait(30)
+
+
+def box_readings(store_db: Path) -> list[tuple[str, str, int, float]]:
+    db = sqlite3.connect(f"file:{store_db}?mode=ro", uri=True)
+    try:
+        return sorted(
+            db.execute(
+                "SELECT d.name, s.quantity, r.ts_ms, r.value FROM readings r"
+                " JOIN series s ON s.id = r.series JOIN devices d ON d.id = s.device"
+            ).fetchall()
+        )
+    finally:
+        db.close()
+
+
+def history_readings(cloud: Cloud) -> list[tuple[str, str, int, float]]:
+    pid = cloud.keys.pid(BOX_ID.name)
+    return sorted(
+        (r.device, r.quantity, r.ts_ms, r.value) for r in cloud.store.readings(pid, 0, 2**62)
+    )
+
+
+def test_a_simulated_day_reaches_the_history_ptu_for_ptu(
+    cloud: Cloud, creds: CredsFactory, tmp_path: Path
+) -> None:
+    box = creds(BOX_ID)
+    speed, hours = 1440.0, 24.0
+    anchor = time.time() + 4.0
+    with run_sim(HOME_FILE, tmp_path, speed=speed, start=START, anchor=anchor,
+                 duration=hours * 3600 + 1800) as sim:  # fmt: skip
+        gw = start_gateway(tmp_path, sim, box, cloud.broker.port)
+        try:
+            while time.time() < anchor + hours * 3600 / speed:
+                assert gw.poll() is None, (tmp_path / "gateway.log").read_text()[-3000:]
+                time.sleep(0.5)
+            drain_and_stop(sim, gw, tmp_path / "gateway" / "store.db")
+        finally:
+            if gw.poll() is None:
+                gw.kill()
+    pid = cloud.keys.pid(BOX_ID.name)
+    ptus = [
+        (p.ptu_start_ms / 1000, p.import_wh, p.export_wh, p.estimated)
+        for p in cloud.store.ptus(pid, 0, 2**62)
+        if p.device == "meter"
+    ]
+    meter = [r for r in history_readings(cloud) if r[:2] == ("meter", "import_wh")]
+    cmp = compare_ptus(ptus, tmp_path / "sim" / "meter_ptu.csv", meter[-1][2] / 1000)
+    assert cmp.ptus >= 90, cmp  # a day is 96 PTUs; start-up and shut-down may cost a few
+    assert cmp.max_rel_error <= 0.001, cmp
+    assert cmp.store_export_wh == pytest.approx(cmp.sim_export_wh, rel=0.001)
+    # and every raw reading the box stored is in the history, once
+    assert history_readings(cloud) == box_readings(tmp_path / "gateway" / "store.db")
+    assert cloud.store.check_integrity() == []
+    assert cloud.ingest.refused == {}
+
+
+def test_broker_outage_and_two_sigkills_lose_and_duplicate_nothing(
+    cloud: Cloud, creds: CredsFactory, tmp_path: Path
+) -> None:
+    box = creds(BOX_ID)
+    speed = 720.0  # a simulated hour is 5 real seconds
+    hour = 3600 / speed
+    anchor = time.time() + 4.0
+    store_db = tmp_path / "gateway" / "store.db"
+    with run_sim(HOME_FILE, tmp_path, speed=speed, start=START, anchor=anchor,
+                 duration=8 * 3600) as sim:  # fmt: skip
+        gw = start_gateway(tmp_path, sim, box, cloud.broker.port)
+        try:
+            time.sleep(anchor + 1 * hour - time.time())
+            assert cloud.store.boxes(), "nothing arrived before the outage"
+            cloud.broker.stop()  # two simulated hours without a broker
+            outage_end = time.time() + 2 * hour
+            for _ in range(2):
+                time.sleep(0.5 * hour)
+                gw.send_signal(signal.SIGKILL)
+                gw.wait()
+                gw = start_gateway(tmp_path, sim, box, cloud.broker.port)
+            queued = outbox_size(store_db)
+            time.sleep(max(0.0, outage_end - time.time()))
+            cloud.broker.start()
+            time.sleep(2 * hour)  # current data and the backlog flow again
+            drain_and_stop(sim, gw, store_db)
+        finally:
+            if gw.poll() is None:
+                gw.kill()
+    assert queued > 0  # the outbox held the outage's readings
+    log = (tmp_path / "gateway.log").read_text()
+    assert log.count("gateway sim-detached: ") >= 3, "the gateway did not start three times"
+    got, want = history_readings(cloud), box_readings(store_db)
+    assert len(got) == len(set(got)), "a reading is in the history twice"
+    assert {r[:3] for r in got} == {r[:3] for r in want}  # no reading lost
+    assert got == want  # and each with its value
+    assert cloud.store.check_integrity() == []
