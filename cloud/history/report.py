@@ -82,7 +82,7 @@ class FleetReport:
         return "\n".join(lines)
 
 
-def _pct(valid: int, expected: int) -> float:
+def _pct(valid: float, expected: int) -> float:
     return min(100.0, 100.0 * valid / expected) if expected else 100.0
 
 
@@ -115,12 +115,14 @@ def box_report(
     expected = sum(d.expected for d in devices)
     received = sum(d.received for d in devices)
     valid = sum(d.valid for d in devices)
+    # a device read more often than its interval says cannot make up for another's gaps
+    useful = sum(min(d.valid, d.expected) for d in devices)
     return BoxReport(
         pid,
         expected,
         received,
         valid,
-        _pct(valid, expected),
+        _pct(useful, expected),
         latency,
         counts["duplicates"],
         counts["replays"],
@@ -139,6 +141,6 @@ def fleet_report(
     expected = sum(b.expected for b in per_box)
     received = sum(b.received for b in per_box)
     valid = sum(b.valid for b in per_box)
-    return FleetReport(
-        start, end, len(per_box), expected, received, valid, _pct(valid, expected), per_box
-    )
+    useful = sum(b.effectiveness_pct * b.expected / 100 for b in per_box)
+    pct = 100.0 * useful / expected if expected else 100.0
+    return FleetReport(start, end, len(per_box), expected, received, valid, pct, per_box)

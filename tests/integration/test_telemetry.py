@@ -79,11 +79,11 @@ def cloud(creds: CredsFactory, tmp_path: Path) -> Iterator[Cloud]:
 
 
 def start_gateway(
-    workdir: Path, sim: SimHome, box: Credentials, port: int
+    workdir: Path, sim: SimHome, box: Credentials, port: int, home_file: Path = HOME_FILE
 ) -> subprocess.Popen[bytes]:
     cfg_path = workdir / "gateway.yaml"
     if not cfg_path.exists():
-        cfg = gateway_config(sim.endpoints, HOME_FILE, workdir)
+        cfg = gateway_config(sim.endpoints, home_file, workdir)
         cfg["credentials"] = str(box.dir)
         cfg["telemetry"] = {"broker": f"mqtts://127.0.0.1:{port}", "every_s": 0.2}
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -209,3 +209,71 @@ def test_broker_outage_and_two_sigkills_lose_and_duplicate_nothing(
     assert {r[:3] for r in got} == {r[:3] for r in want}  # no reading lost
     assert got == want  # and each with its value
     assert cloud.store.check_integrity() == []
+
+
+REPORT_HOME = {
+    "name": "report",
+    "seed": 3,
+    "step_s": 10,
+    "site": {"latitude": 52.09, "longitude": 5.12, "utc_offset_h": 1},
+    "weather": {"outdoor_mean_c": 15, "outdoor_amplitude_c": 4, "cloudiness": 0.0},
+    "base_load": {"annual_kwh": 2800},
+    "devices": [
+        {"id": "meter", "kind": "meter", "modbus": {"port": 0, "unit": 1, "template": "meter-3ph"}},
+        {
+            "id": "pv",
+            "kind": "pv",
+            "kwp": 4.0,
+            "modbus": {"port": 0, "unit": 1, "template": "pv-inverter"},
+        },
+    ],
+}
+
+
+def test_the_data_path_report_shows_the_injected_gap_and_spike_and_nothing_else(
+    cloud: Cloud, creds: CredsFactory, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from homeflex.cloud.history.report import box_report
+
+    box = creds(BOX_ID)
+    speed = 60.0  # a simulated minute a second
+    anchor = time.time() + 4.0
+    t0 = START.timestamp()
+    home_file = tmp_path / "report-home.yaml"
+    home_file.write_text(yaml.safe_dump(REPORT_HOME))
+    with run_sim(home_file, tmp_path, speed=speed, start=START, anchor=anchor,
+                 duration=3600) as sim:  # fmt: skip
+
+        def at(sim_minutes: float) -> None:
+            time.sleep(max(0.0, anchor + sim_minutes * 60 / speed - time.time()))
+
+        gw = start_gateway(tmp_path, sim, box, cloud.broker.port, home_file)
+        try:
+            at(6)
+            asyncio.run(sim.control({"cmd": "fault", "device": "meter", "fault": "timeout"}))
+            at(9)
+            asyncio.run(sim.control({"cmd": "clear", "device": "meter"}))
+            at(14)
+            asyncio.run(sim.control({"cmd": "fault", "device": "meter", "fault": "spike"}))
+            at(22)
+            drain_and_stop(sim, gw, tmp_path / "gateway" / "store.db")
+        finally:
+            if gw.poll() is None:
+                gw.kill()
+    pid = cloud.keys.pid(BOX_ID.name)
+    report = box_report(cloud.store, pid, t0 + 120, t0 + 20 * 60)
+    by_device = {d.device: d for d in report.devices}
+    assert set(by_device) == {"meter", "pv"}
+    meter, pv = by_device["meter"], by_device["pv"]
+    assert pv.gaps == [] and pv.outliers == [], pv.render()
+    (gap,) = meter.gaps
+    # from the last poll before the fault to the first after it; the poller backs off while a
+    # device times out, so it comes back up to a few simulated minutes after the clear
+    assert t0 + 6 * 60 - 20 <= gap.start and gap.end <= t0 + 9 * 60 + 180, meter.render()
+    assert gap.duration_s >= 120, meter.render()
+    (spike,) = meter.outliers
+    assert spike.reason == "power_spike" and t0 + 14 * 60 <= spike.ts <= t0 + 15 * 60
+    assert meter.valid == meter.received - 1
+    assert report.effectiveness_pct < 100.0

@@ -12,6 +12,7 @@ import struct
 import time
 import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,32 @@ def test_the_report_counts_expected_received_and_gaps(service: Service, box: Box
     (meter,) = b.devices
     assert [(g.start, g.end) for g in meter.gaps] == [(T_MS / 1000 + 9, T_MS / 1000 + 20)]
     assert b.latency is not None and b.latency.max_s >= 0
+
+
+def test_the_commands_report_check_and_name_a_box(service: Service, box: Box) -> None:
+    from click.testing import CliRunner
+
+    from homeflex.cli import main
+
+    service.ingest.handle(*box.seal(box.batch(1, 5)))
+    data = str(service.path.parent)
+    runner = CliRunner()
+    start = datetime.fromtimestamp(T_MS / 1000, UTC).isoformat()
+    end = datetime.fromtimestamp(T_MS / 1000 + 10, UTC).isoformat()
+    out = runner.invoke(main, ["cloud", "history", "report", "--data", data, "--start", start,
+                               "--end", end, "--json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["boxes"] == 1 and report["per_box"][0]["received"] == 5
+    assert report["per_box"][0]["expected"] == 10 and report["effectiveness_pct"] == 50.0
+    out = runner.invoke(main, ["cloud", "history", "check", "--data", data])
+    assert out.exit_code == 0 and "history intact" in out.output
+    pid = service.keys.pid(box.name)
+    out = runner.invoke(main, ["cloud", "history", "who", "--data", data, pid])
+    assert out.output.strip() == box.name
+    raw = sqlite3.connect(service.path)
+    with raw:
+        raw.execute("DELETE FROM readings WHERE seq = 2")
+    raw.close()
+    out = runner.invoke(main, ["cloud", "history", "check", "--data", data])
+    assert out.exit_code == 1 and "TAMPERED boxes" in out.output
