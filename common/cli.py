@@ -122,8 +122,14 @@ def edge_status(config_path: Path, as_json: bool) -> None:
             }
         )
     plan = status.get("plan")
+    telemetry = status.get("telemetry")
     if as_json:
-        out = {"gateway_id": cfg.gateway_id, "devices": devices, "plan": plan}
+        out = {
+            "gateway_id": cfg.gateway_id,
+            "devices": devices,
+            "plan": plan,
+            "telemetry": telemetry,
+        }
         click.echo(json.dumps(out, indent=1))
         return
     click.echo(f"gateway {cfg.gateway_id}   store {cfg.store.path}")
@@ -134,6 +140,14 @@ def edge_status(config_path: Path, as_json: bool) -> None:
         for problem in (plan["last_error"], plan["price_error"]):
             if problem:
                 click.echo(f"    {problem}")
+    if telemetry is not None:
+        link = "connected" if telemetry["connected"] else "not connected"
+        click.echo(
+            f"uplink {link}, outbox {telemetry['outbox']} items, {telemetry['items_acked']} "
+            f"acknowledged, {telemetry['thinned']} thinned"
+        )
+        if telemetry["last_error"]:
+            click.echo(f"    {telemetry['last_error']}")
     for d in devices:
         click.echo(f"\n{d['id']:<16} {d['protocol']:<7} {d['template']:<16} {d['state']}")
         if d["last_error"] and d["state"] != "ok":

@@ -232,6 +232,8 @@ class Gateway:
         plan = self.plan_status()
         if plan is not None:
             status["plan"] = plan
+        if self.uplink is not None:
+            status["telemetry"] = asdict(self.uplink.stats)
         _write_atomic(self.cfg.data_dir / "status.json", json.dumps(status, indent=1))
 
     async def _credential_upkeep(self) -> None:

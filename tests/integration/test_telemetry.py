@@ -277,3 +277,86 @@ def test_the_data_path_report_shows_the_injected_gap_and_spike_and_nothing_else(
     assert spike.reason == "power_spike" and t0 + 14 * 60 <= spike.ts <= t0 + 15 * 60
     assert meter.valid == meter.received - 1
     assert report.effectiveness_pct < 100.0
+
+
+def test_the_ingest_command_refuses_bad_batches_over_the_broker_and_goes_on(
+    creds: CredsFactory, tmp_path: Path
+) -> None:
+    """`homeflex cloud history ingest` as its own process behind a real Mosquitto."""
+    from homeflex.mqtt_client import PublishRefused
+    from homeflex.security import read_events
+    from homeflex.telemetry import Ack, ReadingItem, ack_topic, new_batch_id, seal
+    from homeflex.telemetry import Batch as TBatch
+    from homeflex.telemetry import telemetry_topic as ttopic
+
+    broker = Broker(creds(BROKER_ID), tmp_path / "broker", services=[INGEST_ID.name])
+    broker.start()
+    data = tmp_path / "history"
+    ingest_creds = creds(INGEST_ID)
+    log = (tmp_path / "ingest.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "homeflex.cli", "cloud", "history", "ingest", "--data", str(data),
+         "--creds", str(ingest_creds.dir), "--broker", f"mqtts://127.0.0.1:{broker.port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    a, b = creds(BOX_ID), creds(Identity("tel-box-b", Role.HOME))
+    acks: list[Ack] = []
+    box = MqttLink(a, "127.0.0.1", broker.port)
+    other = MqttLink(b, "127.0.0.1", broker.port)
+    try:
+        box.connect()
+        other.connect()
+        box.subscribe(ack_topic(BOX_ID.name), lambda t, p: acks.append(Ack.decode(p)))
+
+        def frame(first: int) -> bytes:
+            readings = [ReadingItem(first + i, "meter", "power_w", 1_700_000_000_000 + i, 5.0)
+                        for i in range(3)]  # fmt: skip
+            batch = TBatch(BOX_ID.name, new_batch_id(), time.time(), time.time(), readings)
+            return seal(batch, ttopic(BOX_ID.name), a.key(), a.chain())
+
+        def wait_for(what: str, ok: object) -> None:
+            deadline = time.monotonic() + 15
+            while not ok():  # type: ignore[operator]
+                assert proc.poll() is None, (tmp_path / "ingest.log").read_text()
+                assert time.monotonic() < deadline, (
+                    f"{what}: {(tmp_path / 'ingest.log').read_text()}"
+                )
+                time.sleep(0.1)
+
+        topic = ttopic(BOX_ID.name)
+        good = frame(1)
+        # the ingest may still be connecting: publish until the first batch is acknowledged
+        wait_for("first ack", lambda: acks or box.publish(topic, good) or False)
+        events = data / "security.log"
+        box.publish(topic, good)  # a replay
+        flipped = bytearray(frame(4))
+        flipped[-3] ^= 0x10
+        box.publish(topic, bytes(flipped))  # a bad signature
+        box.publish(topic, b"HFT1 not a batch")  # malformed
+        box.publish(topic, frame(4))  # the next good one
+        wait_for("second ack", lambda: len({x.batch for x in acks}) >= 2)
+        kinds = [e.kind for e in read_events(events)]
+        assert kinds.count("telemetry-bad-signature") == 1
+        assert kinds.count("telemetry-malformed") == 1
+        assert kinds.count("telemetry-replay") >= 1  # the first good frame may have gone twice
+        # another box cannot even publish on this box's topic: the broker refuses it
+        with pytest.raises(PublishRefused):
+            other.publish(topic, seal(TBatch("tel-box-b", new_batch_id(), time.time(),
+                                             time.time(), [ReadingItem(1, "m", "power_w", 1, 1.0)]),
+                                      topic, b.key(), b.chain()))  # fmt: skip
+    finally:
+        box.close()
+        other.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        broker.stop()
+    keys = HistoryKeys.load(data / "keys")
+    history = SqliteHistory(data / "history.db", keys.integrity)
+    try:
+        pid = keys.pid(BOX_ID.name)
+        counts = history.counts(pid)
+        assert counts["readings"] == 6 and counts["batches"] == 2
+        assert counts["replays"] >= 1
+        assert history.check_integrity() == []
+    finally:
+        history.close()
