@@ -1,0 +1,1 @@
+"""Market methods for the aggregator: clearing, payment rules and settlement (issue 6)."""
