@@ -118,6 +118,9 @@ class Award(Strict):
     side: Side
     quantity: float
     value: float
+    blocks: list[float] = Field(
+        default=[], description="cleared kW per block in the bid's order, where cleared by block"
+    )
 
 
 class Refusal(Strict):
