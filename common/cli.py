@@ -304,6 +304,7 @@ def demo(home: Path | None, speed: float, hours: float, workdir: Path) -> None:
 from homeflex.cloud.enroll.cli import enroll_cmd as _cloud_enroll  # noqa: E402
 from homeflex.cloud.events.command import events_cmd as _cloud_events  # noqa: E402
 from homeflex.cloud.history.command import history as _cloud_history  # noqa: E402
+from homeflex.cloud.market.command import market as _cloud_market  # noqa: E402
 from homeflex.cloud.mqtt.command import mqtt as _cloud_mqtt  # noqa: E402
 from homeflex.cloud.xmpp.command import xmpp as _cloud_xmpp  # noqa: E402
 from homeflex.edge.enroll import enroll_cmd as _edge_enroll  # noqa: E402
@@ -314,6 +315,7 @@ cloud.add_command(_cloud_xmpp)
 cloud.add_command(_cloud_enroll)
 cloud.add_command(_cloud_events)
 cloud.add_command(_cloud_history)
+cloud.add_command(_cloud_market)
 edge.add_command(_edge_enroll)
 _pki_commands(pki)
 
