@@ -106,7 +106,10 @@ class MqttLink:
         security: SecurityLog | None = None,
         timeout: float = 5.0,
         keepalive: int = 30,
+        max_inflight: int = 20,
     ) -> None:
+        """`max_inflight`: QoS 1 messages sent and not yet acknowledged before paho queues the
+        next (paho's default 20; 0 for no limit, for a service answering many boxes)."""
         self.identity: Identity = creds.identity()
         self.host = host
         self.port = port
@@ -114,6 +117,7 @@ class MqttLink:
         self.timeout = timeout
         self.keepalive = keepalive
         self.client = make_client(creds)
+        self.client.max_inflight_messages_set(max_inflight)  # only possible before connecting
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._finished = threading.Event()  # the first connection attempt has an outcome

@@ -2,7 +2,10 @@
 
 The data directory holds `history.db` (pseudonymous; can be shared with the aggregator's views
 and analysts), `keys/` (the pseudonym and integrity keys and `identities.db`, mode 0600: the
-settlement's and the operator's only) and `security.log` (the ingest's refusals and alarms).
+settlement's and the operator's only), `security.log` (the ingest's refusals) and
+`integrity.log` (the integrity check's alarms). The check reads the whole history, so it runs
+as a process of its own (`check --every`), never on the ingest's thread; each log has one
+writer, as the hash chain needs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ DATA = click.option(
 
 def _paths(data_dir: Path) -> tuple[Path, Path, Path]:
     return data_dir / "history.db", data_dir / "keys", data_dir / "security.log"
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def _time(text: str) -> float:
@@ -55,7 +65,7 @@ def history() -> None:
 )
 @click.option("--broker", required=True, help="mqtts://host:port")
 @click.option(
-    "--check-every", default=300.0, show_default=True, help="seconds between integrity checks"
+    "--retention-every", default=3600.0, show_default=True, help="seconds between retention runs"
 )
 @click.option("--raw-days", default=30.0, show_default=True, help="keep raw readings this long")
 @click.option("--ptu-days", default=730.0, show_default=True, help="keep PTU energies this long")
@@ -63,13 +73,13 @@ def ingest_cmd(
     data_dir: Path,
     creds_dir: Path,
     broker: str,
-    check_every: float,
+    retention_every: float,
     raw_days: float,
     ptu_days: float,
 ) -> None:
     """Take telemetry off the broker into the history until SIGTERM or Ctrl-C."""
     from homeflex.agents.chains import ChainVerifier
-    from homeflex.cloud.history.ingest import Ingest, IntegrityWatch
+    from homeflex.cloud.history.ingest import Ingest
     from homeflex.cloud.history.keys import HistoryKeys, Identities
     from homeflex.cloud.history.sqlite import SqliteHistory
     from homeflex.mqtt_client import MqttError, MqttLink
@@ -91,29 +101,24 @@ def ingest_cmd(
         raise click.ClickException(str(exc)) from None
     keys = HistoryKeys.load(keys_dir)
     store = SqliteHistory(db_path, keys.integrity)
-    checker = SqliteHistory(db_path, keys.integrity)  # a reader of its own for the checks
     security = SecurityLog(log_path)
     ingest = Ingest(
         store, keys, Identities(keys_dir / "identities.db"), ChainVerifier(TrustStore.of(creds)),
         security,
     )  # fmt: skip
-    watch = IntegrityWatch(checker, security, str(db_path))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    last_check = 0.0
+    stop = _stop_on_signals()
+    last_retention = 0.0
     try:
         while not stop.is_set():
-            link = MqttLink(creds, host, int(port), security=security)
+            link = MqttLink(creds, host, int(port), security=security, max_inflight=0)
             try:
                 link.connect()
                 ingest.attach(link)
                 click.echo(f"ingesting from {broker} into {db_path}")
                 while not stop.is_set() and link.connected:
-                    if time.monotonic() - last_check >= check_every:
-                        watch.check()
-                        store.apply_retention(time.time(), raw_days, ptu_days)
-                        last_check = time.monotonic()
+                    if time.monotonic() - last_retention >= retention_every:
+                        ingest.apply_retention(time.time(), raw_days, ptu_days)
+                        last_retention = time.monotonic()
                     stop.wait(1.0)
             except MqttError as exc:
                 logging.getLogger(__name__).warning("ingest: %s; retrying in 5 s", exc)
@@ -122,26 +127,38 @@ def ingest_cmd(
             stop.wait(5.0)
     finally:
         store.close()
-        checker.close()
 
 
 @history.command("check")
 @DATA
-def check_cmd(data_dir: Path) -> None:
-    """Check every row against its MAC and the totals; exit 1 and list what was changed."""
+@click.option(
+    "--every",
+    type=float,
+    default=None,
+    help="check again every this many seconds until SIGTERM (a watcher process); "
+    "each new finding is raised once",
+)
+def check_cmd(data_dir: Path, every: float | None) -> None:
+    """Check every row against its MAC and the totals; list what was changed (exit 1), each
+    finding a `history-tampered` event in integrity.log."""
     from homeflex.cloud.history.ingest import IntegrityWatch
     from homeflex.cloud.history.keys import HistoryKeys
     from homeflex.cloud.history.sqlite import SqliteHistory
     from homeflex.security import SecurityLog
 
-    db_path, keys_dir, log_path = _paths(data_dir)
+    db_path, keys_dir, _ = _paths(data_dir)
     store = SqliteHistory(db_path, HistoryKeys.load(keys_dir).integrity)
+    watch = IntegrityWatch(store, SecurityLog(data_dir / "integrity.log"), str(db_path))
+    stop = _stop_on_signals()
     try:
-        found = IntegrityWatch(store, SecurityLog(log_path), str(db_path)).check()
+        while True:
+            found = watch.check()
+            for t in found:
+                click.echo(f"TAMPERED {t.table} {t.key} of {t.pid}: {t.detail}")
+            if every is None or stop.wait(every):
+                break
     finally:
         store.close()
-    for t in found:
-        click.echo(f"TAMPERED {t.table} {t.key} of {t.pid}: {t.detail}")
     if found:
         raise SystemExit(1)
     click.echo("history intact")

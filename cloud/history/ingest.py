@@ -51,7 +51,9 @@ class Ingest:
         self._lock = threading.Lock()
 
     def attach(self, link: MqttLink) -> None:
-        """Subscribe to every box's telemetry on a connected link."""
+        """Subscribe to every box's telemetry on a connected link. Make the link with
+        `max_inflight=0`: acknowledgements must leave at the rate batches arrive, and paho's
+        default of 20 unanswered QoS 1 messages queues them until boxes time out and resend."""
         self.link = link
         link.subscribe(ALL_BOXES.replace("#", "telemetry"), self._on_message)
 
@@ -70,6 +72,11 @@ class Ingest:
             # sends the items again, which the history counts as duplicates
             self.link.client.publish(ack_topic(box), ack.encode(), qos=1)
         return ack
+
+    def apply_retention(self, now: float, raw_days: float, ptu_days: float) -> int:
+        """The history's retention, between two batches (the store has one connection)."""
+        with self._lock:
+            return self.store.apply_retention(now, raw_days, ptu_days)
 
     def _handle(self, topic: str, payload: bytes) -> Ack | None:
         source = f"mqtt {topic}"

@@ -4,9 +4,12 @@ registry). A method module registers itself on import; `methods()` imports them 
 from __future__ import annotations
 
 import importlib
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from homeflex.cloud.market.objects import Bid, ClearingResult
+
+if TYPE_CHECKING:
+    from homeflex.cloud.market.mies import CoordinationResult, Instance
 
 METHOD_MODULES = ("homeflex.cloud.market.lfm",)  # each registers its methods on import
 
@@ -40,4 +43,39 @@ def method(name: str) -> ClearingMethod:
     known = methods()
     if name not in known:
         raise KeyError(f"no clearing method {name!r}; choose one of {', '.join(sorted(known))}")
+    return known[name]
+
+
+# Coordination methods (seed 001) run a whole multi-carrier system, every agent's model and
+# horizon, rather than one round of bids: they have their own entry point and a registry beside
+# the clearing methods', sharing one namespace of names.
+COORDINATION_MODULES = ("homeflex.cloud.market.coordination",)
+
+
+class CoordinationMethod(Protocol):
+    name: str
+
+    def run(self, instance: Instance, **options: Any) -> CoordinationResult: ...
+
+
+_COORDINATION: dict[str, CoordinationMethod] = {}
+
+
+def register_coordination(method: CoordinationMethod) -> CoordinationMethod:
+    if method.name in _COORDINATION or method.name in _METHODS:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    _COORDINATION[method.name] = method
+    return method
+
+
+def coordination_methods() -> dict[str, CoordinationMethod]:
+    for module in COORDINATION_MODULES:
+        importlib.import_module(module)
+    return dict(_COORDINATION)
+
+
+def coordination_method(name: str) -> CoordinationMethod:
+    known = coordination_methods()
+    if name not in known:
+        raise KeyError(f"no coordination method {name!r}; choose one of {', '.join(sorted(known))}")
     return known[name]

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 MOSQUITTO = "mosquitto"
 MAX_PACKET = 1024 * 1024  # telemetry batches are far smaller; bigger packets are refused
+# messages queued for one client (the ingest) while it lags; mosquitto's default of 1,000 drops
+# a second of a thousand boxes' telemetry (the boxes resend it, but only after their timeout)
+MAX_QUEUED = 100_000
 
 
 class BrokerError(Exception):
@@ -83,6 +86,8 @@ def render_config(
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         "connection_messages true",
         f"max_packet_size {MAX_PACKET}",
+        f"max_queued_messages {MAX_QUEUED}",
+        "set_tcp_nodelay true",
         "",
         f"listener {port} {host}",
         "allow_anonymous false",

@@ -8,8 +8,8 @@ import itertools
 import random
 from datetime import UTC, datetime, timedelta
 
+import ortools.linear_solver.pywraplp as pywraplp
 import pytest
-from ortools.linear_solver import pywraplp
 
 from homeflex.edge.planner.devices.appliance import ApplianceSpec
 from homeflex.edge.planner.devices.battery import BatterySpec
