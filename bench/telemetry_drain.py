@@ -128,6 +128,7 @@ def cloud_process(base: str, conn: Connection) -> None:
         conn.recv()
     finally:
         link.close()
+        ingest.close()
         broker.stop()
         store.close()
         conn.send(

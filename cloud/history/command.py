@@ -126,6 +126,7 @@ def ingest_cmd(
                 link.close()
             stop.wait(5.0)
     finally:
+        ingest.close()
         store.close()
 
 

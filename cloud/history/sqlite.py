@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 from homeflex.cloud.history.store import (
@@ -128,80 +129,91 @@ class SqliteHistory:
     # --- writing ---------------------------------------------------------------------------
 
     def add(self, pid: str, batch: Batch, received: float) -> Stored:
-        stored_ms = round(received * 1000)
+        (result,) = self.add_many([(pid, batch, received)])
+        if isinstance(result, ReplayedBatch):
+            raise result
+        return result
+
+    def add_many(self, items: Sequence[tuple[str, Batch, float]]) -> list[Stored | ReplayedBatch]:
+        """Several batches in one transaction (one commit for many small batches is most of
+        what the ingest's throughput is made of); a replayed one is answered, not stored."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            if db.execute(
-                "SELECT 1 FROM batches WHERE pid = ? AND id = ?", (pid, batch.id)
-            ).fetchone():
-                raise ReplayedBatch(f"batch {batch.id} was stored before")
-            rows, digest, dup, rep = self._box(pid)
-            new_macs: list[bytes] = []
-            duplicates = 0
-            if batch.readings:
-                lo = min(r.seq for r in batch.readings)
-                hi = max(r.seq for r in batch.readings)
-                have = {
-                    s
-                    for (s,) in db.execute(
-                        "SELECT seq FROM readings WHERE pid = ? AND seq BETWEEN ? AND ?",
-                        (pid, lo, hi),
-                    )
-                }
-                transit = received - batch.sent
-                insert = []
-                for r in batch.readings:
-                    if r.seq in have:
-                        duplicates += 1
-                        continue
-                    lat = max(0, round((batch.clock - r.ts_ms / 1000 + transit) * 1000))
-                    mac = self._reading_mac(
-                        pid, r.seq, r.device, r.quantity, r.ts_ms, r.value, stored_ms, lat
-                    )
-                    new_macs.append(mac)
-                    insert.append(
-                        (pid, r.seq, r.device, r.quantity, r.ts_ms, r.value, stored_ms, lat, mac)
-                    )
-                db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", insert)
-            for p in batch.ptus:
-                old = db.execute(
-                    "SELECT seq, mac FROM ptu WHERE pid = ? AND device = ? AND ptu_start_ms = ?",
-                    (pid, p.device, p.ptu_start_ms),
-                ).fetchone()
-                if old is not None and old[0] >= p.seq:
-                    duplicates += 1  # this version, or a newer one, is stored
-                    continue
-                est = int(p.estimated)
-                mac = self._ptu_mac(
-                    pid, p.device, p.ptu_start_ms, p.seq, p.import_wh, p.export_wh, est,
-                    p.mean_power_w, stored_ms,
-                )  # fmt: skip
-                db.execute(
-                    "INSERT OR REPLACE INTO ptu VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (pid, p.device, p.ptu_start_ms, p.seq, p.import_wh, p.export_wh, est,
-                     p.mean_power_w, stored_ms, mac),
-                )  # fmt: skip
-                if old is None:
-                    new_macs.append(mac)
-                else:
-                    digest = _xor(_xor(digest, old[1]), mac)  # the row replaced, not added
-            for mac in new_macs:
-                digest = _xor(digest, mac)
-            db.executemany(
-                "INSERT INTO devices VALUES (?, ?, ?)"
-                " ON CONFLICT DO UPDATE SET poll_s = excluded.poll_s",
-                [(pid, d, s) for d, s in batch.poll_s.items()],
-            )
-            db.execute(
-                "INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
-                (pid, batch.id, stored_ms, len(batch), len(new_macs)),
-            )
-            self._set_box(pid, rows + len(new_macs), digest, dup + duplicates, rep)
+            results = [self._add(pid, batch, received) for pid, batch, received in items]
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return results
+
+    def _add(self, pid: str, batch: Batch, received: float) -> Stored | ReplayedBatch:
+        stored_ms = round(received * 1000)
+        db = self._db
+        if db.execute("SELECT 1 FROM batches WHERE pid = ? AND id = ?", (pid, batch.id)).fetchone():
+            return ReplayedBatch(f"batch {batch.id} was stored before")
+        rows, digest, dup, rep = self._box(pid)
+        new_macs: list[bytes] = []
+        duplicates = 0
+        if batch.readings:
+            lo = min(r.seq for r in batch.readings)
+            hi = max(r.seq for r in batch.readings)
+            have = {
+                s
+                for (s,) in db.execute(
+                    "SELECT seq FROM readings WHERE pid = ? AND seq BETWEEN ? AND ?",
+                    (pid, lo, hi),
+                )
+            }
+            transit = received - batch.sent
+            insert = []
+            for r in batch.readings:
+                if r.seq in have:
+                    duplicates += 1
+                    continue
+                lat = max(0, round((batch.clock - r.ts_ms / 1000 + transit) * 1000))
+                mac = self._reading_mac(
+                    pid, r.seq, r.device, r.quantity, r.ts_ms, r.value, stored_ms, lat
+                )
+                new_macs.append(mac)
+                insert.append(
+                    (pid, r.seq, r.device, r.quantity, r.ts_ms, r.value, stored_ms, lat, mac)
+                )
+            db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", insert)
+        for p in batch.ptus:
+            old = db.execute(
+                "SELECT seq, mac FROM ptu WHERE pid = ? AND device = ? AND ptu_start_ms = ?",
+                (pid, p.device, p.ptu_start_ms),
+            ).fetchone()
+            if old is not None and old[0] >= p.seq:
+                duplicates += 1  # this version, or a newer one, is stored
+                continue
+            est = int(p.estimated)
+            mac = self._ptu_mac(
+                pid, p.device, p.ptu_start_ms, p.seq, p.import_wh, p.export_wh, est,
+                p.mean_power_w, stored_ms,
+            )  # fmt: skip
+            db.execute(
+                "INSERT OR REPLACE INTO ptu VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (pid, p.device, p.ptu_start_ms, p.seq, p.import_wh, p.export_wh, est,
+                 p.mean_power_w, stored_ms, mac),
+            )  # fmt: skip
+            if old is None:
+                new_macs.append(mac)
+            else:
+                digest = _xor(_xor(digest, old[1]), mac)  # the row replaced, not added
+        for mac in new_macs:
+            digest = _xor(digest, mac)
+        db.executemany(
+            "INSERT INTO devices VALUES (?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET poll_s = excluded.poll_s",
+            [(pid, d, s) for d, s in batch.poll_s.items()],
+        )
+        db.execute(
+            "INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
+            (pid, batch.id, stored_ms, len(batch), len(new_macs)),
+        )
+        self._set_box(pid, rows + len(new_macs), digest, dup + duplicates, rep)
         return Stored(len(new_macs), duplicates)
 
     def _box(self, pid: str) -> tuple[int, bytes, int, int]:

@@ -7,6 +7,7 @@ another implementation of the same methods (see the README's design notes), not 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,6 +60,11 @@ class HistoryStore(Protocol):
         """Store a verified batch; ReplayedBatch when its id was seen. Items already stored
         (same pid and seq) are counted as duplicates and left as they are; a PTU item replaces
         the stored one of the same PTU only when its seq is higher."""
+        ...
+
+    def add_many(self, items: Sequence[tuple[str, Batch, float]]) -> list[Stored | ReplayedBatch]:
+        """`add` for several batches in one transaction; a replayed one is answered with the
+        ReplayedBatch instead of raising."""
         ...
 
     def boxes(self) -> list[str]: ...

@@ -74,6 +74,7 @@ def cloud(creds: CredsFactory, tmp_path: Path) -> Iterator[Cloud]:
     ingest.attach(link)
     yield Cloud(broker, ingest, store, keys, link)
     link.close()
+    ingest.close()
     broker.stop()
     store.close()
 
