@@ -113,12 +113,6 @@ class Batch:
     ptus: list[PtuItem] = field(default_factory=list)
     poll_s: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def seqs(self) -> tuple[int, int]:
-        """The lowest and highest sequence number in the batch."""
-        all_seqs = [r.seq for r in self.readings] + [p.seq for p in self.ptus]
-        return min(all_seqs), max(all_seqs)
-
     def __len__(self) -> int:
         return len(self.readings) + len(self.ptus)
 

@@ -17,13 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from homeflex.cloud.history.store import (
-    HistPtu,
     HistReading,
     ReplayedBatch,
     Stored,
     Tampering,
 )
-from homeflex.telemetry import MAX_AGE_S, Batch
+from homeflex.telemetry import MAX_AGE_S, Batch, PtuItem
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS boxes (
@@ -307,11 +306,12 @@ class SqliteHistory:
             )
         ]
 
-    def ptus(self, pid: str, start_ms: int, end_ms: int) -> list[HistPtu]:
+    def ptus(self, pid: str, start_ms: int, end_ms: int) -> list[PtuItem]:
+        """The PTU energies kept, each as the latest item the box sent for it."""
         return [
-            HistPtu(dev, start, imp, exp, bool(est), mean)
-            for dev, start, imp, exp, est, mean in self._db.execute(
-                "SELECT device, ptu_start_ms, import_wh, export_wh, estimated, mean_power_w"
+            PtuItem(seq, dev, start, imp, exp, bool(est), mean)
+            for seq, dev, start, imp, exp, est, mean in self._db.execute(
+                "SELECT seq, device, ptu_start_ms, import_wh, export_wh, estimated, mean_power_w"
                 " FROM ptu WHERE pid = ? AND ptu_start_ms >= ? AND ptu_start_ms < ?"
                 " ORDER BY device, ptu_start_ms",
                 (pid, start_ms, end_ms),

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from homeflex.telemetry import Batch
+from homeflex.telemetry import Batch, PtuItem
 
 
 @dataclass(frozen=True)
@@ -29,16 +29,6 @@ class HistReading:
     ts_ms: int
     value: float
     latency_ms: int
-
-
-@dataclass(frozen=True)
-class HistPtu:
-    device: str
-    ptu_start_ms: int
-    import_wh: float
-    export_wh: float
-    estimated: bool
-    mean_power_w: float | None
 
 
 @dataclass(frozen=True)
@@ -73,7 +63,7 @@ class HistoryStore(Protocol):
 
     def readings(self, pid: str, start_ms: int, end_ms: int) -> list[HistReading]: ...
 
-    def ptus(self, pid: str, start_ms: int, end_ms: int) -> list[HistPtu]: ...
+    def ptus(self, pid: str, start_ms: int, end_ms: int) -> list[PtuItem]: ...
 
     def counts(self, pid: str) -> dict[str, int]:
         """readings, ptus, batches, duplicates, replays of one box."""
