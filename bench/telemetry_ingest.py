@@ -7,9 +7,10 @@ one batch's handling time goes (measured offline on one thread, and profiled).
 Usage: PYTHONPATH=. python -m bench.telemetry_ingest [--boxes 1000] [--readings 20] [--seconds 30]
 
 Layout: the broker (mosquitto and the Python process reading its log, as `homeflex cloud mqtt`
-runs it) in a child process; the ingest in this process, as `homeflex cloud history ingest` runs
-it (a worker thread verifies and stores what paho's thread queues, several batches a
-transaction); the boxes spread over --workers publisher
+runs it) in a child process; the ingest's front in this process and its --ingest-workers worker
+processes, as `homeflex cloud history ingest` runs them (paho's thread queues the batches, the
+workers verify and store them, several batches a transaction, side by side in one SQLite file);
+the boxes spread over --workers publisher
 processes, each driving its paho clients from one selector loop (no thread per client). The
 batches are sealed before the timed part, each with the `sent` time it is published at, so a
 publisher only writes bytes to a socket; its lateness against that plan is printed too.
@@ -32,7 +33,6 @@ import sqlite3
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,9 +50,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from bench.machine import machine
 from homeflex.agents.chains import ChainVerifier, b64decode_strict
-from homeflex.cloud.history.ingest import Ingest
+from homeflex.cloud.history.handler import BatchHandler
+from homeflex.cloud.history.ingest import Handler, Ingest
 from homeflex.cloud.history.keys import HistoryKeys, Identities
+from homeflex.cloud.history.layout import HistoryDir
 from homeflex.cloud.history.sqlite import SqliteHistory
+from homeflex.cloud.history.workers import WorkerProcess
 from homeflex.cloud.mqtt.broker import Broker
 from homeflex.mqtt_client import MqttLink, make_client
 from homeflex.pki.bundle import Credentials, issue_credentials
@@ -385,16 +388,19 @@ def publisher(spec: WorkerSpec, conn: Connection) -> None:
 
 
 class TimedIngest(Ingest):
-    """The ingest, noting when each batch was done and how long its handling took."""
+    """The ingest, noting when each batch was done and how long its handling took (a group's
+    round trip through a worker, shared by its batches)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.done: list[tuple[str, float, float]] = []  # (batch id, done at, handling s)
         self.refusals = 0
 
-    def handle_many(self, messages: Sequence[tuple[str, bytes]]) -> list[Ack | None]:
+    def handle_many(
+        self, messages: Sequence[tuple[str, bytes]], handler: Handler | None = None
+    ) -> list[Ack | None]:
         start = time.perf_counter()
-        acks = super().handle_many(messages)
+        acks = super().handle_many(messages, handler)
         took = (time.perf_counter() - start) / max(1, len(messages))  # a batch's share
         done = time.time()
         for ack in acks:
@@ -413,30 +419,21 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
-def thread_cpu(native_id: int | None) -> float:
-    for t in psutil.Process().threads():
-        if t.id == native_id:
-            return float(t.user_time + t.system_time)
-    return 0.0
-
-
 @dataclass
 class CpuSnapshot:
     at: float
     procs: dict[str, float]
-    ingest_thread: float
     machine_busy: float
     machine_total: float
 
 
-def snapshot(procs: dict[str, list[psutil.Process]], ingest_thread: int | None) -> CpuSnapshot:
+def snapshot(procs: dict[str, list[psutil.Process]]) -> CpuSnapshot:
     sys_times = psutil.cpu_times()
     idle = sys_times.idle + getattr(sys_times, "iowait", 0.0)
     total = sum(sys_times)
     return CpuSnapshot(
         time.monotonic(),
         {name: sum(cpu_seconds(p) for p in ps) for name, ps in procs.items()},
-        thread_cpu(ingest_thread),
         total - idle,
         total,
     )
@@ -480,14 +477,13 @@ def offline(
 
     def fresh(name: str) -> tuple[Ingest, SqliteHistory]:
         store = SqliteHistory(work / f"{name}.db", keys.integrity)
-        ingest = Ingest(
+        handler = BatchHandler(
             store,
             keys,
             Identities(work / f"{name}-identities.db"),
             ChainVerifier(TrustStore.of(ingest_creds)),
-            SecurityLog(work / f"{name}-security.log"),
         )
-        return ingest, store
+        return Ingest([handler], SecurityLog(work / f"{name}-security.log")), store
 
     # warm: every chain verified once, as in steady state
     ingest, store = fresh("warm")
@@ -594,6 +590,12 @@ def main() -> None:
         help="paho's in-flight window for the ingest's QoS 1 acknowledgements (the product's "
         "ingest uses 0, no limit; paho's default is 20)",
     )
+    parser.add_argument(
+        "--ingest-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="the ingest's worker processes (the command's default: the machine's cores)",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="where to put the databases")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -632,23 +634,20 @@ def main() -> None:
         mosquitto_ps = broker_ps.children()
 
         # the ingest, as `homeflex cloud history ingest` runs it
-        keys = HistoryKeys.load(base / "history" / "keys")
-        history_path = base / "history" / "history.db"
+        data = HistoryDir(base / "history")
+        keys = HistoryKeys.load(data.keys)
+        history_path = data.db
         store = SqliteHistory(history_path, keys.integrity)
-        ingest = TimedIngest(
-            store,
-            keys,
-            Identities(base / "history" / "keys" / "identities.db"),
-            ChainVerifier(TrustStore.of(ingest_creds)),
-            SecurityLog(base / "history" / "security.log"),
-        )
+        pool = [
+            WorkerProcess(data, ingest_creds.dir, f"ingest-worker-{n + 1}")
+            for n in range(args.ingest_workers)
+        ]
+        for worker in pool:
+            worker.start()
+        ingest = TimedIngest(pool, SecurityLog(data.security_log))
         link = MqttLink(ingest_creds, HOST, port, max_inflight=args.ack_inflight)
         link.connect()
         ingest.attach(link)
-        paho_thread = next(  # the ingest's worker: it does the work
-            (t.native_id for t in threading.enumerate() if t.name == "ingest"),
-            None,
-        )
 
         # the publishers
         seconds = args.warmup + args.seconds
@@ -697,15 +696,16 @@ def main() -> None:
         procs_cpu = {
             "mosquitto": mosquitto_ps,
             "broker log reader": [broker_ps],
-            "ingest process": [psutil.Process()],
+            "ingest front": [psutil.Process()],
+            "ingest workers": [psutil.Process(w.pid()) for w in pool if w.pid() is not None],
             "publishers": [psutil.Process(p.pid) for p in procs if p.pid is not None],
         }
         window_start = t0 + args.warmup
         window_end = t0 + seconds
         time.sleep(max(0.0, window_start - time.time()))
-        cpu0 = snapshot(procs_cpu, paho_thread)
+        cpu0 = snapshot(procs_cpu)
         time.sleep(max(0.0, window_end - time.time()))
-        cpu1 = snapshot(procs_cpu, paho_thread)
+        cpu1 = snapshot(procs_cpu)
         handled_at_end = len(ingest.done)
         offered = args.boxes * seconds
         last_progress, seen = time.monotonic(), handled_at_end
@@ -826,9 +826,8 @@ def main() -> None:
         (
             "ingest handling time in situ",
             ms(service)
-            + f"; busy {sum(service) / window * 100:.0f} % of the window"
-            + f" (the thread's CPU: {(cpu1.ingest_thread - cpu0.ingest_thread) / span * 100:.0f}"
-            + " % of a core)",
+            + f"; the {len(pool)} workers busy {sum(service) / window * 100:.0f} % of the "
+            + "window, summed",
         ),
     ]
     width = max(len(r[0]) for r in rows)
@@ -839,7 +838,8 @@ def main() -> None:
     print("CPU over the window (% of one core; the machine has 2 cores = 200 %):")
     print(f"  mosquitto              {cpu('mosquitto')}")
     print(f"  broker log reader      {cpu('broker log reader')}   (Python, reads mosquitto's log)")
-    print(f"  ingest process         {cpu('ingest process')}")
+    print(f"  ingest front           {cpu('ingest front')}   (paho, acknowledgements, pipes)")
+    print(f"  ingest workers         {cpu('ingest workers')}   ({len(pool)} processes)")
     print(f"  publishers             {cpu('publishers')}   ({workers} processes; the bench's load)")
     ours = sum(cpu1.procs[n] - cpu0.procs[n] for n in cpu1.procs) / span
     others = max(0.0, busy * 2 - ours) * 100
@@ -855,7 +855,8 @@ def main() -> None:
     else:
         target = (
             f"NOT met: {rate:,.0f} readings/s stored while {offered_rate:,} were offered; "
-            f"the ingest's thread was busy {sum(service) / window * 100:.0f} % of the window"
+            f"the ingest's {len(pool)} workers were busy {sum(service) / window * 100:.0f} % "
+            "of the window, summed"
         )
     print(f"target, keeps up with ≥ {TARGET_READINGS_S:,} readings/s: {target}")
     if args.ack_inflight != 0:

@@ -1,16 +1,13 @@
 """`homeflex cloud history ...`: run the ingest, check integrity, report on the data path.
 
-The data directory holds `history.db` (pseudonymous; can be shared with the aggregator's views
-and analysts), `keys/` (the pseudonym and integrity keys and `identities.db`, mode 0600: the
-settlement's and the operator's only), `security.log` (the ingest's refusals) and
-`integrity.log` (the integrity check's alarms). The check reads the whole history, so it runs
-as a process of its own (`check --every`), never on the ingest's thread; each log has one
-writer, as the hash chain needs.
+The data directory's layout is cloud/history/layout.py. The check reads the whole history, so
+it runs as a process of its own (`check --every`), never in the ingest.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -19,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from homeflex.cloud.history.layout import HistoryDir
+
 DATA = click.option(
     "--data",
     "data_dir",
@@ -26,10 +25,6 @@ DATA = click.option(
     required=True,
     help="the history's data directory",
 )
-
-
-def _paths(data_dir: Path) -> tuple[Path, Path, Path]:
-    return data_dir / "history.db", data_dir / "keys", data_dir / "security.log"
 
 
 def _stop_on_signals() -> threading.Event:
@@ -69,6 +64,13 @@ def history() -> None:
 )
 @click.option("--raw-days", default=30.0, show_default=True, help="keep raw readings this long")
 @click.option("--ptu-days", default=730.0, show_default=True, help="keep PTU energies this long")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=os.cpu_count() or 1,
+    show_default="the machine's cores",
+    help="processes that verify and store batches side by side",
+)
 def ingest_cmd(
     data_dir: Path,
     creds_dir: Path,
@@ -76,15 +78,15 @@ def ingest_cmd(
     retention_every: float,
     raw_days: float,
     ptu_days: float,
+    workers: int,
 ) -> None:
     """Take telemetry off the broker into the history until SIGTERM or Ctrl-C."""
-    from homeflex.agents.chains import ChainVerifier
     from homeflex.cloud.history.ingest import Ingest
-    from homeflex.cloud.history.keys import HistoryKeys, Identities
+    from homeflex.cloud.history.keys import HistoryKeys
     from homeflex.cloud.history.sqlite import SqliteHistory
+    from homeflex.cloud.history.workers import WorkerError, WorkerProcess
     from homeflex.mqtt_client import MqttError, MqttLink
     from homeflex.pki.bundle import Credentials
-    from homeflex.pki.trust import TrustStore
     from homeflex.security import SecurityLog
 
     logging.basicConfig(
@@ -94,18 +96,23 @@ def ingest_cmd(
         raise click.BadParameter(f"{broker!r}: expected mqtts://host:port", param_hint="--broker")
     host, _, port = broker[8:].rpartition(":")
     data_dir.mkdir(parents=True, exist_ok=True)
-    db_path, keys_dir, log_path = _paths(data_dir)
+    data = HistoryDir(data_dir)
     try:
         creds = Credentials.load(creds_dir)
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
-    keys = HistoryKeys.load(keys_dir)
-    store = SqliteHistory(db_path, keys.integrity)
-    security = SecurityLog(log_path)
-    ingest = Ingest(
-        store, keys, Identities(keys_dir / "identities.db"), ChainVerifier(TrustStore.of(creds)),
-        security,
-    )  # fmt: skip
+    # the front's own connection, for retention only; the keys exist before workers start
+    store = SqliteHistory(data.db, HistoryKeys.load(data.keys).integrity)
+    security = SecurityLog(data.security_log)
+    pool = [WorkerProcess(data, creds_dir, f"ingest-worker-{n + 1}") for n in range(workers)]
+    try:
+        for worker in pool:
+            worker.start()
+    except WorkerError as exc:
+        for worker in pool:
+            worker.close()
+        raise click.ClickException(str(exc)) from None
+    ingest = Ingest(pool, security)
     stop = _stop_on_signals()
     last_retention = 0.0
     try:
@@ -114,10 +121,10 @@ def ingest_cmd(
             try:
                 link.connect()
                 ingest.attach(link)
-                click.echo(f"ingesting from {broker} into {db_path}")
+                click.echo(f"ingesting from {broker} into {data.db} with {workers} workers")
                 while not stop.is_set() and link.connected:
                     if time.monotonic() - last_retention >= retention_every:
-                        ingest.apply_retention(time.time(), raw_days, ptu_days)
+                        store.apply_retention(time.time(), raw_days, ptu_days)
                         last_retention = time.monotonic()
                     stop.wait(1.0)
             except MqttError as exc:
@@ -147,9 +154,9 @@ def check_cmd(data_dir: Path, every: float | None) -> None:
     from homeflex.cloud.history.sqlite import SqliteHistory
     from homeflex.security import SecurityLog
 
-    db_path, keys_dir, _ = _paths(data_dir)
-    store = SqliteHistory(db_path, HistoryKeys.load(keys_dir).integrity)
-    watch = IntegrityWatch(store, SecurityLog(data_dir / "integrity.log"), str(db_path))
+    data = HistoryDir(data_dir)
+    store = SqliteHistory(data.db, HistoryKeys.load(data.keys).integrity)
+    watch = IntegrityWatch(store, SecurityLog(data.integrity_log), str(data.db))
     stop = _stop_on_signals()
     try:
         while True:
@@ -180,8 +187,8 @@ def report_cmd(data_dir: Path, start: str, end: str, boxes: tuple[str, ...], as_
     t0, t1 = _time(start), _time(end)
     if t1 <= t0:
         raise click.BadParameter("--end must be after --start")
-    db_path, keys_dir, _ = _paths(data_dir)
-    store = SqliteHistory(db_path, HistoryKeys.load(keys_dir).integrity)
+    data = HistoryDir(data_dir)
+    store = SqliteHistory(data.db, HistoryKeys.load(data.keys).integrity)
     try:
         report = fleet_report(store, t0, t1, list(boxes) or None)
     finally:
@@ -196,7 +203,7 @@ def who_cmd(data_dir: Path, pid: str) -> None:
     """The box behind a pseudonymous id (needs read access to keys/identities.db)."""
     from homeflex.cloud.history.keys import Identities
 
-    path = _paths(data_dir)[1] / "identities.db"
+    path = HistoryDir(data_dir).identities
     if not path.is_file():
         raise click.ClickException(f"{path}: no identity map here (or no access to it)")
     box = Identities(path).box(pid)

@@ -85,12 +85,18 @@ SEP = "\x1f"  # the unit separator: cannot occur in names (checked at decoding) 
 ZERO = bytes(16)
 
 
+BUSY_MS = 60_000
+
+
 def _xor(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a) ^ int.from_bytes(b)).to_bytes(16)
 
 
 class SqliteHistory:
-    """Not for concurrent writers: the ingest is the one writer; readers open their own."""
+    """One connection, for one thread at a time. Several processes may write the same file
+    (the ingest's workers): each write is one `BEGIN IMMEDIATE` transaction that reads the
+    replay check and the totals it updates inside it, and a writer waits for another's commit
+    (up to BUSY_MS; the retention's deletes are the longest)."""
 
     def __init__(self, path: Path, integrity_key: bytes) -> None:
         self.path = path
@@ -98,7 +104,7 @@ class SqliteHistory:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")  # WAL: a crash loses no commit
-        self._db.execute("PRAGMA busy_timeout = 5000")
+        self._db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from homeflex.agents.chains import ChainVerifier
+from homeflex.cloud.history.handler import BatchHandler
 from homeflex.cloud.history.ingest import Ingest
 from homeflex.cloud.history.keys import HistoryKeys, Identities
 from homeflex.cloud.history.sqlite import SqliteHistory
@@ -62,13 +63,9 @@ def cloud(creds: CredsFactory, tmp_path: Path) -> Iterator[Cloud]:
     keys = HistoryKeys.load(tmp_path / "history" / "keys")
     store = SqliteHistory(tmp_path / "history" / "history.db", keys.integrity)
     ingest_creds = creds(INGEST_ID)
-    ingest = Ingest(
-        store,
-        keys,
-        Identities(tmp_path / "history" / "keys" / "identities.db"),
-        ChainVerifier(TrustStore.of(ingest_creds)),
-        SecurityLog(tmp_path / "history" / "security.log"),
-    )
+    identities = Identities(tmp_path / "history" / "keys" / "identities.db")
+    handler = BatchHandler(store, keys, identities, ChainVerifier(TrustStore.of(ingest_creds)))
+    ingest = Ingest([handler], SecurityLog(tmp_path / "history" / "security.log"))
     link = MqttLink(ingest_creds, "127.0.0.1", broker.port, max_inflight=0)
     link.connect()
     ingest.attach(link)

@@ -5,8 +5,11 @@ pseudonymous ids, and a manual edit or deletion in the database detected."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import dataclasses
 import json
+import os
+import signal
 import sqlite3
 import struct
 import time
@@ -20,10 +23,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from homeflex.agents.chains import ChainVerifier
+from homeflex.cloud.history.handler import Accepted, BatchHandler, Refusal
 from homeflex.cloud.history.ingest import Ingest, IntegrityWatch
 from homeflex.cloud.history.keys import HistoryKeys, Identities
+from homeflex.cloud.history.layout import HistoryDir
 from homeflex.cloud.history.report import fleet_report
 from homeflex.cloud.history.sqlite import SqliteHistory
+from homeflex.cloud.history.workers import WorkerError, WorkerProcess
 from homeflex.pki.bundle import Credentials
 from homeflex.pki.identity import Identity, Role
 from homeflex.pki.trust import TrustStore
@@ -38,7 +44,6 @@ from homeflex.telemetry import (
     decode_body,
     encode_body,
     new_batch_id,
-    open_batch,
     seal,
     telemetry_topic,
 )
@@ -102,13 +107,9 @@ def service(tmp_path: Path, creds: CredsFactory) -> Iterator[Service]:
     keys = HistoryKeys.load(tmp_path / "keys")
     store = SqliteHistory(tmp_path / "history.db", keys.integrity)
     security = SecurityLog(tmp_path / "security.log")
-    ingest = Ingest(
-        store,
-        keys,
-        Identities(tmp_path / "keys" / "identities.db"),
-        ChainVerifier(TrustStore.of(ingest_creds)),
-        security,
-    )
+    identities = Identities(tmp_path / "keys" / "identities.db")
+    verifier = ChainVerifier(TrustStore.of(ingest_creds))
+    ingest = Ingest([BatchHandler(store, keys, identities, verifier)], security)
     yield Service(ingest, store, keys, security, tmp_path / "history.db")
     store.close()
 
@@ -263,9 +264,10 @@ def test_a_stale_batch_is_refused(service: Service, box: Box) -> None:
 
 def test_a_certificate_of_another_role_is_refused(service: Service, creds: CredsFactory) -> None:
     agg = Box("hist-agg", creds(Identity("hist-agg", Role.AGGREGATOR)))
-    with pytest.raises(BatchRefused, match="only a home"):
-        open_batch(agg.seal(agg.batch(1))[1], telemetry_topic("hist-agg"),
-                   service.ingest.verifier, time.time())  # fmt: skip
+    assert service.ingest.handle(*agg.seal(agg.batch(1))) is None
+    (event,) = read_events(service.security.path)
+    assert "only a home" in event.detail
+    assert service.store.boxes() == []
 
 
 def test_a_manual_edit_or_deletion_is_detected_and_raised(service: Service, box: Box) -> None:
@@ -344,3 +346,53 @@ def test_the_commands_report_check_and_name_a_box(service: Service, box: Box) ->
     raw.close()
     out = runner.invoke(main, ["cloud", "history", "check", "--data", data])
     assert out.exit_code == 1 and "TAMPERED boxes" in out.output
+
+
+@pytest.fixture
+def workers(service: Service, creds: CredsFactory) -> Iterator[list[WorkerProcess]]:
+    """Two worker processes on the service's history, as `history ingest --workers 2` runs."""
+    creds_dir = creds(Identity("hist-workers", Role.SERVICE)).dir
+    data = HistoryDir(service.path.parent)
+    pool = [WorkerProcess(data, creds_dir, f"test-worker-{n}") for n in (1, 2)]
+    for w in pool:
+        w.start()
+    yield pool
+    for w in pool:
+        w.close()
+
+
+def test_two_workers_given_the_same_batches_store_each_once(
+    service: Service, box: Box, other_box: Box, workers: list[WorkerProcess]
+) -> None:
+    frames = [b.seal(b.batch(1 + 3 * k)) for k in range(20) for b in (box, other_box)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        # both workers get every batch, in groups of 4, at the same time
+        runs = [
+            pool.submit(lambda w=w: [w.handle_many(frames[i : i + 4]) for i in range(0, 40, 4)])
+            for w in workers
+        ]
+        outcomes = [[o for group in run.result() for o in group] for run in runs]
+    for first, second in zip(*outcomes, strict=True):
+        # one of the two stored it, the other found it stored: a replay, not a second copy
+        assert {type(first), type(second)} == {Accepted, Refusal}
+        refusal = first if isinstance(first, Refusal) else second
+        assert isinstance(refusal, Refusal) and refusal.code == "replay"
+    for b in (box, other_box):
+        assert service.store.counts(service.keys.pid(b.name)) == {
+            "readings": 60, "ptus": 0, "batches": 20, "duplicates": 0, "replays": 20,
+        }  # fmt: skip
+    assert service.store.check_integrity() == []
+
+
+def test_a_dead_worker_costs_its_group_and_is_started_again(
+    service: Service, box: Box, workers: list[WorkerProcess]
+) -> None:
+    worker = workers[0]
+    pid = worker.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WorkerError, match="died with 1 batches"):
+        worker.handle_many([box.seal(box.batch(1))])
+    assert worker.restarts == 1 and worker.pid() not in (None, pid)
+    (outcome,) = worker.handle_many([box.seal(box.batch(1))])
+    assert isinstance(outcome, Accepted) and outcome.ack.new == 3
