@@ -159,7 +159,7 @@ class LfmClearing:
             xs = x.tolist()
             awards.extend(
                 # built from validated bids and solver output: no need to validate again
-                Award.model_construct(
+                Award.trusted(
                     bid=b.id,
                     participant=b.participant,
                     period=period,
