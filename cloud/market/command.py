@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import click
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from homeflex.cloud.market.mies import Instance as System
 from homeflex.configfile import ConfigError, parse_config
 
 
@@ -44,10 +46,23 @@ class DsoInstance(_Instance):
     offers: list[Any]
 
 
-Instance = BidsInstance | DsoInstance
-KINDS: dict[str, type[BidsInstance] | type[DsoInstance]] = {
+class SystemInstance(_Instance):
+    """A multi-carrier system for seed 001's coordination methods: generators and prosumers
+    with their full models, coordinated over the horizon."""
+
+    kind: Literal["system"]
+    method: str = "co-optimization"
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the method's settings, e.g. max_iterations"
+    )
+    system: System
+
+
+Instance = BidsInstance | DsoInstance | SystemInstance
+KINDS: dict[str, type[BidsInstance] | type[DsoInstance] | type[SystemInstance]] = {
     "bids": BidsInstance,
     "dso": DsoInstance,
+    "system": SystemInstance,
 }
 
 
@@ -123,6 +138,54 @@ def run_dso(inst: DsoInstance) -> dict[str, Any]:
     return out
 
 
+def _plain(value: Any) -> Any:
+    """Arrays and numpy numbers as JSON's lists and numbers."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def run_system(inst: SystemInstance, method: str | None) -> dict[str, Any]:
+    """The method's result; for any method but co-optimization also the optimum it is measured
+    against and its cost gap (co-optimization is the fastest of the three)."""
+    from homeflex.cloud.market.coordination import run
+    from homeflex.cloud.market.registry import OptionError
+
+    name = method or inst.method
+    try:
+        result = run(name, inst.system, **inst.options)
+    except OptionError as exc:
+        raise click.UsageError(f"options for {exc}") from None
+    d = result.dispatch
+    out: dict[str, Any] = {
+        "method": result.method,
+        "status": result.status,
+        "cost_eur": result.cost,
+        "prices": _plain(result.prices),
+        "iterations": result.iterations,
+        "messages": result.messages,
+        "seconds": result.seconds,
+        "primal_residual": result.primal_residual,
+        "dual_residual": result.dual_residual,
+        "details": _plain(result.details),
+        "dispatch": {
+            "generators": _plain(d.generators),
+            "prosumers_net": {n: _plain(p.net) for n, p in d.prosumers.items()},
+        },
+    }
+    if name != "co-optimization":
+        best = run("co-optimization", inst.system)
+        out["co_optimization_cost_eur"] = best.cost
+        out["gap_pct"] = (result.cost - best.cost) / abs(best.cost) * 100 if best.cost else None
+    return out
+
+
 @click.group("market")
 def market() -> None:
     """Clearing methods, payment rules and settlement of the aggregator's market."""
@@ -132,9 +195,10 @@ def market() -> None:
 def methods_cmd() -> None:
     """List the clearing methods and payment rules by name."""
     from homeflex.cloud.market.payments import RULES
-    from homeflex.cloud.market.registry import methods
+    from homeflex.cloud.market.registry import coordination_methods, methods
 
     click.echo("clearing methods: " + ", ".join(sorted(methods())) + ", dso-procurement")
+    click.echo("coordination:     " + ", ".join(sorted(coordination_methods())) + " (kind: system)")
     click.echo("payment rules:    " + ", ".join(sorted(RULES)))
 
 
@@ -151,7 +215,14 @@ def clear_cmd(instance_path: Path, method: str | None, payment: str | None) -> N
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        out = run_dso(inst) if isinstance(inst, DsoInstance) else run_bids(inst, method, payment)
+        if isinstance(inst, DsoInstance):
+            out = run_dso(inst)
+        elif isinstance(inst, SystemInstance):
+            if payment is not None:
+                raise click.UsageError("a system instance has no payment rule")
+            out = run_system(inst, method)
+        else:
+            out = run_bids(inst, method, payment)
     except (KeyError, PaymentError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from None
     click.echo(json.dumps(out, indent=1, sort_keys=True))

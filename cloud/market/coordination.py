@@ -13,6 +13,7 @@ quadratic objective.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +40,11 @@ from homeflex.cloud.market.mies import (
     StorageDispatch,
     system_cost,
 )
-from homeflex.cloud.market.registry import coordination_method, register_coordination
+from homeflex.cloud.market.registry import (
+    OptionError,
+    coordination_method,
+    register_coordination,
+)
 
 Index = NDArray[np.int64]
 
@@ -749,6 +754,10 @@ class Method:
     fn: Callable[..., CoordinationResult]
 
     def run(self, instance: Instance, **options: Any) -> CoordinationResult:
+        try:
+            inspect.signature(self.fn).bind(instance, **options)
+        except TypeError as exc:
+            raise OptionError(f"{self.name}: {exc}") from None
         return self.fn(instance, **options)
 
 

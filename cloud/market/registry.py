@@ -52,10 +52,16 @@ def method(name: str) -> ClearingMethod:
 COORDINATION_MODULES = ("homeflex.cloud.market.coordination",)
 
 
+class OptionError(ValueError):
+    """A setting the coordination method does not take."""
+
+
 class CoordinationMethod(Protocol):
     name: str
 
-    def run(self, instance: Instance, **options: Any) -> CoordinationResult: ...
+    def run(self, instance: Instance, **options: Any) -> CoordinationResult:
+        """OptionError for a setting the method does not take, before running."""
+        ...
 
 
 _COORDINATION: dict[str, CoordinationMethod] = {}

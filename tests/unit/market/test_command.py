@@ -67,4 +67,43 @@ def test_a_bad_instance_file_names_the_line_and_field(tmp_path: Path) -> None:
     assert code == 1 and "bad.yaml:2: limit_kw" in output
     bad.write_text("kind: auction\n")
     code, output = clear(str(bad))
-    assert code == 1 and "`kind` must be one of bids, dso" in output
+    assert code == 1 and "`kind` must be one of bids, dso, system" in output
+
+
+def test_the_system_example_runs_seed_001s_methods_against_the_optimum() -> None:
+    runs = {}
+    for method in ("co-optimization", "price-response", "market-auction"):
+        code, output = clear(str(EXAMPLES / "market-system.yaml"), "--method", method)
+        assert code == 0, output
+        runs[method] = json.loads(output)
+    best, pr, auction = runs["co-optimization"], runs["price-response"], runs["market-auction"]
+    assert best["status"] == "optimal" and "gap_pct" not in best
+    # the dispatch balances the system every hour: generation + prosumers' injection = demand
+    passive = [20, 22, 30, 38, 34, 26]
+    for h, demand in enumerate(passive):
+        supply = sum(g[h] for g in best["dispatch"]["generators"].values())
+        supply += sum(p[h] for p in best["dispatch"]["prosumers_net"].values())
+        assert supply == pytest.approx(demand, abs=1e-3)
+    assert pr["status"] == "converged"
+    assert pr["co_optimization_cost_eur"] == pytest.approx(best["cost_eur"])
+    assert abs(pr["gap_pct"]) <= 0.05  # the issue's agreement, on this instance
+    assert pr["prices"] == pytest.approx(best["prices"], abs=2e-3)
+    assert pr["iterations"] > 1 and pr["messages"] > pr["iterations"]
+    # the auction clears once an hour, without iterating; it cannot beat the optimum
+    assert auction["iterations"] == 1 and auction["gap_pct"] >= -0.05
+    assert auction["gap_pct"] == pytest.approx(
+        (auction["cost_eur"] - best["cost_eur"]) / best["cost_eur"] * 100
+    )
+
+
+def test_a_bad_system_names_the_field_and_an_unknown_option_the_method(tmp_path: Path) -> None:
+    text = (EXAMPLES / "market-system.yaml").read_text()
+    bad = tmp_path / "system.yaml"
+    bad.write_text(text.replace("p_max: [0, 8, 15, 12, 4, 0]", "p_max: [0, 8, 15, 12, 4]"))
+    code, output = clear(str(bad))
+    assert code == 1 and "pv-park.p_max has 5 values, need 6" in output, output
+    bad.write_text(text.replace("options: {}", "options: {max_iterations: 5}"))
+    code, output = clear(str(bad), "--method", "market-auction")
+    assert code == 2 and "options for market-auction" in output and "max_iterations" in output
+    code, output = clear(str(EXAMPLES / "market-system.yaml"), "--payment", "vcg")
+    assert code == 2 and "no payment rule" in output
