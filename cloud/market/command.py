@@ -205,7 +205,7 @@ def methods_cmd() -> None:
 @market.command("clear")
 @click.argument("instance_path", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--method", help="a clearing method (default: the instance's)")
-@click.option("--payment", help="a payment rule: pay-as-bid, uniform, vcg, shapley")
+@click.option("--payment", help="a payment rule (`homeflex cloud market methods` lists them)")
 def clear_cmd(instance_path: Path, method: str | None, payment: str | None) -> None:
     """Clear INSTANCE_PATH (YAML or JSON, see docs/market-instances.md); JSON on stdout."""
     from homeflex.cloud.market.payments import PaymentError

@@ -1,5 +1,6 @@
-"""Payment rules on a clearing result (seed 002 §2.4): pay-as-bid, uniform, VCG and exact Shapley
-with its core-stability (excess) report, each with its budget balance and individual rationality.
+"""Payment rules on a clearing result (seed 002 §2.4): pay-as-bid, uniform, VCG, uni-sided VCG
+and exact Shapley with its core-stability (excess) report, each with its budget balance and
+individual rationality.
 A payment is money received; ω is a participant's utility (+) or cost (−) of what it cleared."""
 
 from __future__ import annotations
@@ -165,6 +166,35 @@ def vcg(result: ClearingResult, v: Welfare) -> PaymentReport:
     return _report("vcg", result, v, payments, marginal=marginal, solves=v.solves - before)
 
 
+def vcg_uni_sided(result: ClearingResult, v: Welfare) -> PaymentReport:
+    """Seed 002 ([43]): every participant that bought nothing gets its VCG payment; the buyers
+    pay those payments' total between them, in proportion to the kWh each bought. Budget
+    balanced and truthful for the sellers, not for the buyers."""
+    full = vcg(result, v)
+    period_h = float(result.metadata.get("period_h", 1.0))
+    sides: dict[str, set[Side]] = {}
+    bought: dict[str, float] = {}
+    for a in result.awards:
+        if a.quantity > 0:
+            sides.setdefault(a.participant, set()).add(a.side)
+            if a.side == Side.BUY:
+                bought[a.participant] = bought.get(a.participant, 0.0) + a.quantity * period_h
+    both = sorted(p for p, s in sides.items() if len(s) > 1)
+    if both:
+        raise PaymentError(
+            f"{', '.join(both)} both bought and sold: uni-sided VCG needs each participant on "
+            "one side; pay by VCG or Shapley instead"
+        )
+    payments = {p: 0.0 if p in bought else full.payments[p] for p in full.payments}
+    owed = math.fsum(payments.values())
+    total_kwh = math.fsum(bought.values())
+    for p, kwh in bought.items():
+        payments[p] = -owed * kwh / total_kwh
+    return _report(
+        "vcg-uni-sided", result, v, payments, marginal=full.marginal, solves=full.solves
+    )
+
+
 def shapley(result: ClearingResult, v: Welfare, limit: int = SHAPLEY_LIMIT) -> PaymentReport:
     """Seed 002 eq. 3-13/3-14: pay_i = −ω_i + φ_i with φ_i the exact Shapley value over every
     coalition, and the excess e(M) = v(M) − Σ_{i∈M} φ_i of each coalition that has one > 0."""
@@ -216,6 +246,7 @@ RULES: dict[str, Rule] = {
     "pay-as-bid": pay_as_bid,
     "uniform": uniform,
     "vcg": vcg,
+    "vcg-uni-sided": vcg_uni_sided,
     "shapley": shapley,
 }
 

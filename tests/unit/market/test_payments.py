@@ -18,6 +18,7 @@ from homeflex.cloud.market.payments import (
     shapley,
     uniform,
     vcg,
+    vcg_uni_sided,
 )
 from tests.unit.market.test_lfm import bid, random_instance, table_3_4
 
@@ -175,10 +176,14 @@ def test_hand_game_every_rule() -> None:
     assert s.stable is False
     assert s.solves == 0  # every coalition with both sides was cleared for VCG already
 
+    one = vcg_uni_sided(r, v)  # A gets its VCG payment; the DSO pays it, nothing more
+    assert one.payments == pytest.approx({"dso": -2.94, "fsp-a": 2.94, "fsp-b": 0.0})
+    assert one.budget_balance == pytest.approx(0.0, abs=1e-9)
+
     b = pay_as_bid(r, v)
     assert b.payments == pytest.approx({"dso": -10.44, "fsp-a": 2.4, "fsp-b": 0.0})
     assert b.budget_balance == pytest.approx(-8.04)  # the operator keeps the whole welfare
-    for report in (u, g, s, b):
+    for report in (u, g, one, s, b):
         assert report.omega == pytest.approx({"dso": 10.44, "fsp-a": -2.4, "fsp-b": 0.0})
         assert report.ir_violations == {} and report.individually_rational
         assert report.method == "lfm-impact"
@@ -275,6 +280,12 @@ def test_random_games_obey_the_seed_identities(seed: int, method: lfm.LfmClearin
         assert g.marginal[f] == pytest.approx(result.welfare - alone, abs=tol)
     assert g.budget_balance == pytest.approx(sum(g.marginal[f] for f in fsps), abs=tol)
     assert g.budget_balance >= -tol
+    # uni-sided VCG: the FSPs paid as by VCG, the DSO pays exactly their total
+    one = vcg_uni_sided(result, v)
+    assert one.budget_balance == pytest.approx(0.0, abs=tol)
+    for f in fsps:
+        assert one.payments[f] == pytest.approx(g.payments[f], abs=tol)
+    assert one.payments["dso"] == pytest.approx(-sum(g.payments[f] for f in fsps), abs=tol)
     # excess: e(N∖{i}) = φ_i − MC_i, and the report lists exactly the positive ones among them
     listed = {tuple(e.coalition): e.excess for e in s.excess or []}
     for i in sorted(everyone):
