@@ -190,9 +190,7 @@ def vcg_uni_sided(result: ClearingResult, v: Welfare) -> PaymentReport:
     total_kwh = math.fsum(bought.values())
     for p, kwh in bought.items():
         payments[p] = -owed * kwh / total_kwh
-    return _report(
-        "vcg-uni-sided", result, v, payments, marginal=full.marginal, solves=full.solves
-    )
+    return _report("vcg-uni-sided", result, v, payments, marginal=full.marginal, solves=full.solves)
 
 
 def shapley(result: ClearingResult, v: Welfare, limit: int = SHAPLEY_LIMIT) -> PaymentReport:
