@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -23,20 +23,6 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @classmethod
-    def trusted(cls, **values: Any) -> Self:
-        """An instance from values our own code computed and checked, every field given: no
-        validation, and none of `model_construct`'s per-field bookkeeping either (half its time,
-        which counts when a clearing returns a million awards). The models are frozen, so the
-        instance stays as built."""
-        assert values.keys() == cls.model_fields.keys(), "trusted() needs every field"
-        obj = cls.__new__(cls)
-        object.__setattr__(obj, "__dict__", values)
-        object.__setattr__(obj, "__pydantic_fields_set__", set(values))
-        object.__setattr__(obj, "__pydantic_extra__", None)
-        object.__setattr__(obj, "__pydantic_private__", None)
-        return obj
 
 
 class Side(StrEnum):

@@ -9,6 +9,8 @@ import math
 import random
 from typing import Any
 
+import numpy as np
+import ortools.linear_solver.pywraplp as pywraplp
 import pytest
 
 from homeflex.cloud.market import lfm, registry
@@ -383,3 +385,34 @@ def test_clearing_leaves_the_garbage_collector_as_it_found_it() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_merit_order_solves_the_fixed_bound_lp_as_glop_does(seed: int) -> None:
+    """`_merit_order`, which solves each fill state of the probability-based clearing, against
+    GLOP on the same LP: same optimum, a balanced x within its bounds, None when infeasible."""
+    rng = random.Random(seed)
+    n = rng.randint(2, 14)
+    sign = np.array([rng.choice((1.0, -1.0)) for _ in range(n)])
+    price = np.array([round(rng.uniform(0.0, 1.0), 2) for _ in range(n)])  # ties happen
+    q = np.array([round(rng.uniform(0.5, 10.0), 1) for _ in range(n)])
+    fixed = [rng.random() < 0.3 for _ in range(n)]
+    lo = np.where(fixed, q, 0.0)
+    hi = np.where([f or rng.random() < 0.8 for f in fixed], q, 0.0)
+
+    lp = pywraplp.Solver.CreateSolver("GLOP")
+    x = [lp.NumVar(float(lo[i]), float(hi[i]), f"x{i}") for i in range(n)]
+    lp.Add(sum(float(sign[i]) * x[i] for i in range(n)) == 0)
+    lp.Maximize(sum(float(sign[i] * price[i]) * x[i] for i in range(n)))
+    status = lp.Solve()
+
+    solved = lfm._merit_order(price, sign, lo, hi)
+    if status == pywraplp.Solver.INFEASIBLE:
+        assert solved is None
+        return
+    assert status == pywraplp.Solver.OPTIMAL and solved is not None
+    got, value = solved
+    assert value == pytest.approx(lp.Objective().Value(), abs=1e-7)
+    assert value == pytest.approx(float(np.dot(sign * price, got)))
+    assert float(np.dot(sign, got)) == pytest.approx(0.0, abs=1e-9)
+    assert (got >= lo - 1e-12).all() and (got <= hi + 1e-12).all()
