@@ -25,6 +25,7 @@ from homeflex.cloud.market.objects import (
     ClearingResult,
     Direction,
     FlexOffer,
+    FlexOrder,
     FlexRequest,
     Refusal,
     Side,
@@ -119,6 +120,24 @@ class Procurement:
                 raise ValueError(f"accepted flexibility in period {period}, beyond the prognosis")
             out[period] += sign * kw
         return out
+
+    def orders(self) -> list[FlexOrder]:
+        """One order per accepted offer, for what was accepted of it (pay-as-bid)."""
+        req = self.request
+        return [
+            FlexOrder(
+                id=FlexOrder.id_for(req.id, oid),
+                buyer=req.buyer,
+                participant=self.offers[oid].participant,
+                request=req.id,
+                offer=oid,
+                direction=req.direction,
+                profile_kw=dict(sorted(profile.items())),
+                price=self.offers[oid].price,
+                period_h=self.period_h,
+            )
+            for oid, profile in sorted(self.accepted.items())
+        ]
 
     def result(self) -> ClearingResult:
         """As a clearing result: one award per offer and period (ω = −cost) and one per period

@@ -11,6 +11,7 @@ valid ones with a `Refusal` (bid id, field, message) for each of the others.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from enum import StrEnum
 from typing import Any
@@ -106,6 +107,32 @@ class FlexOffer(Strict):
     @classmethod
     def _profile(cls, profile: dict[int, float]) -> dict[int, float]:
         return FlexRequest._profile(profile)
+
+
+class FlexOrder(Strict):
+    """The buyer's order after accepting an offer (USEF's FlexOrder): deliver `profile_kw` per
+    period in `direction` at `price` €/kWh. The seller acknowledges it and re-plans within it;
+    settlement measures delivery against it. `id` is derived from the request and the offer,
+    so the same order sent again is recognisably the same."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    buyer: str = Field(pattern=ID_PATTERN)
+    participant: str = Field(pattern=ID_PATTERN)
+    request: str = Field(pattern=ID_PATTERN)
+    offer: str = Field(pattern=ID_PATTERN)
+    direction: Direction
+    profile_kw: dict[int, float]
+    price: float = Field(ge=0, le=PRICE_BOUND, allow_inf_nan=False)
+    period_h: float = Field(gt=0, allow_inf_nan=False)
+
+    @field_validator("profile_kw")
+    @classmethod
+    def _profile(cls, profile: dict[int, float]) -> dict[int, float]:
+        return FlexRequest._profile(profile)
+
+    @staticmethod
+    def id_for(request: str, offer: str) -> str:
+        return "o" + hashlib.sha256(f"{request}\0{offer}".encode()).hexdigest()[:24]
 
 
 class Award(Strict):

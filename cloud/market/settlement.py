@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import Field
 
-from homeflex.cloud.market.objects import ID_PATTERN, PRICE_BOUND, Direction, Strict
+from homeflex.cloud.market.objects import ID_PATTERN, PRICE_BOUND, Direction, FlexOrder, Strict
 
 PERIOD_H = 0.25
 GENESIS = "0" * 64
@@ -129,6 +129,26 @@ def settle(
         penalty_rate=penalty_rate,
         period_h=period_h,
         periods=periods,
+    )
+
+
+def settle_order(
+    order: FlexOrder,
+    baseline_kw: Mapping[int, float] | float,
+    metered_kwh: Mapping[int, float],
+    penalty_rate: float,
+) -> SettlementRecord:
+    """`settle` for an order: its profile, price, direction and period length."""
+    return settle(
+        order=order.id,
+        participant=order.participant,
+        awarded_kw=order.profile_kw,
+        baseline_kw=baseline_kw,
+        metered_kwh=metered_kwh,
+        price=order.price,
+        penalty_rate=penalty_rate,
+        direction=order.direction,
+        period_h=order.period_h,
     )
 
 

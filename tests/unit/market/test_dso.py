@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from homeflex.cloud.market.dso import PERIOD_H, congestion_request, excess_kw, procure
-from homeflex.cloud.market.objects import Direction, FlexOffer, FlexRequest, Side
+from homeflex.cloud.market.objects import Direction, FlexOffer, FlexOrder, FlexRequest, Side
 
 LIMIT_KW = 280.0
 PEAK_KW = 300.0
@@ -164,6 +164,20 @@ def test_the_worked_example_is_met_at_least_cost(
     # ω: the DSO values each kWh it asked for at its max price; the sellers' cost is minus theirs
     asked_kwh = sum(request.profile_kw.values()) * PERIOD_H
     assert cleared.welfare == pytest.approx(request.max_price * asked_kwh - result.total_cost_eur)
+    # one order per accepted offer, for what was accepted of it, at its price
+    orders = result.orders()
+    assert [o.offer for o in orders] == sorted(result.accepted)
+    for o in orders:
+        assert o.profile_kw == pytest.approx(result.accepted[o.offer])
+        assert o.price == result.offers[o.offer].price and o.request == request.id
+        assert o.participant == result.offers[o.offer].participant and o.buyer == request.buyer
+        assert o.id == FlexOrder.id_for(request.id, o.offer)  # the same order, if sent again
+    assert len({o.id for o in orders}) == len(orders)
+    ordered_kwh = sum(sum(o.profile_kw.values()) * o.period_h for o in orders)
+    assert sum(o.price * sum(o.profile_kw.values()) * o.period_h for o in orders) == (
+        pytest.approx(result.total_cost_eur)
+    )
+    assert ordered_kwh == pytest.approx(sum(a.quantity for a in sold) * PERIOD_H)
 
 
 def test_without_one_aggregator_matches_the_enumeration_too(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from homeflex.cloud.market.objects import Direction
-from homeflex.cloud.market.settlement import GENESIS, Ledger, settle, verify_entries
+from homeflex.cloud.market.objects import Direction, FlexOrder
+from homeflex.cloud.market.settlement import GENESIS, Ledger, settle, settle_order, verify_entries
 
 
 def test_delivery_against_the_p_plan_pays_what_was_delivered_and_penalises_the_rest() -> None:
@@ -34,6 +34,20 @@ def test_delivery_against_the_p_plan_pays_what_was_delivered_and_penalises_the_r
     assert record.payment_eur == pytest.approx(9.25 * 0.20)  # 1.85 €
     assert record.penalty_eur == pytest.approx(0.75 * 0.50)  # 0.375 €
     assert record.net_eur == pytest.approx(1.85 - 0.375)
+
+
+def test_an_order_is_settled_by_its_own_profile_price_and_direction() -> None:
+    order = FlexOrder(
+        id=FlexOrder.id_for("req-1", "agr-a.1"), buyer="dso", participant="agr-a",
+        request="req-1", offer="agr-a.1", direction=Direction.DOWN,
+        profile_kw={10: 4.0, 11: 4.0}, price=0.15, period_h=0.25,
+    )  # fmt: skip
+    # asked to take 4 kW more than planned: took 5 kW more (capped at 4), then only 1 kW more
+    record = settle_order(order, {10: 20.0, 11: 20.0}, {10: 6.25, 11: 5.25}, penalty_rate=0.4)
+    assert record.order == order.id and record.participant == "agr-a"
+    assert [p.delivered_kw for p in record.periods] == pytest.approx([4.0, 1.0])
+    assert record.payment_eur == pytest.approx(0.15 * 5.0 * 0.25)
+    assert record.penalty_eur == pytest.approx(0.4 * 3.0 * 0.25)
 
 
 def test_a_move_the_wrong_way_is_a_full_shortfall_and_no_more() -> None:
