@@ -77,9 +77,20 @@ class WorkerProcess:
         )
         proc.start()
         child.close()
-        if not parent.poll(START_TIMEOUT_S) or parent.recv() != "ready":
-            proc.kill()
-            raise WorkerError(f"{self.name}: not ready in {START_TIMEOUT_S:.0f} s")
+        try:
+            ready = parent.poll(START_TIMEOUT_S) and parent.recv() == "ready"
+        except (EOFError, OSError):  # it died opening the history: its traceback is logged
+            ready = False
+        if not ready:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            parent.close()
+            raise WorkerError(
+                f"{self.name}: did not start in {START_TIMEOUT_S:.0f} s (exit code "
+                f"{proc.exitcode}); the lines above say why"
+            )
         self._proc, self._conn = proc, parent
 
     def handle_many(self, messages: Sequence[tuple[str, bytes]]) -> list[Outcome]:

@@ -396,3 +396,9 @@ def test_a_dead_worker_costs_its_group_and_is_started_again(
     assert worker.restarts == 1 and worker.pid() not in (None, pid)
     (outcome,) = worker.handle_many([box.seal(box.batch(1))])
     assert isinstance(outcome, Accepted) and outcome.ack.new == 3
+
+
+def test_a_worker_that_cannot_start_says_so(service: Service, tmp_path: Path) -> None:
+    worker = WorkerProcess(HistoryDir(service.path.parent), tmp_path / "no-creds", "test-bad")
+    with pytest.raises(WorkerError, match=r"test-bad: did not start .*exit code 1"):
+        worker.start()
