@@ -103,24 +103,25 @@ class PPlan(Series):
 
 
 class OfferBlock(Payload):
-    """Up to `kw` in `direction` in PTU `ptu`, for `price` €/kWh."""
+    """Up to `kw` in `direction` in PTU `ptu`, for `price` €/kWh; `divisible`: any part of it
+    may be taken (a heat pump turning down), else all or nothing (an appliance's run)."""
 
     ptu: Ptu
     direction: Direction
     kw: float = Field(gt=0, le=KW_BOUND, allow_inf_nan=False)
-    price: Price
+    price: float = Field(ge=0, le=PRICE_BOUND, allow_inf_nan=False)
+    divisible: bool = True
 
 
 class FlexOffer(Payload):
     """Home → aggregator (its flexibility for the round) or aggregator → DSO (against a
-    request, summed over its homes). `divisible`: any part of the blocks may be taken."""
+    request, summed over its homes)."""
 
     round: ID
     id: ID
     day: date
     request: ID | None = None
     blocks: list[OfferBlock] = Field(max_length=2 * 96 * 8)
-    divisible: bool = True
 
 
 class FlexRequest(Payload):

@@ -1,0 +1,1 @@
+"""The DSO's agent: validates the aggregators' D-prognoses against its transformers."""

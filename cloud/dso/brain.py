@@ -1,0 +1,242 @@
+"""The DSO's side of Validate (seed 004 §6, UC3): sum the aggregators' D-prognoses at each
+congestion point, ask every aggregator there for the excess over the transformer limit with a
+max price, buy the cheapest offers (cloud/market/dso.py `procure`) and order them.
+
+Per congestion point and day: the D-prognoses are awaited from every aggregator of the point,
+or until `prognosis_wait_s` after the first: a silent aggregator does not block the check, and
+its load is taken from its last D-prognosis of an earlier day (the same PTUs of the day), or
+left out, logged, when there is none. Offers are awaited until the request's `answer_by`, then
+the procurement runs with those that came. A D-prognosis or offer received again (its ack was
+lost) is acknowledged and changes nothing; a newer one replaces the old before the check or the
+purchase. The DSO sees only sums per aggregator: no message it takes names a home.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date
+
+from homeflex.agents.messages import (
+    Ack,
+    Direction,
+    DPrognosis,
+    FlexOffer,
+    FlexOrder,
+    FlexRequest,
+    Payload,
+)
+from homeflex.agents.node import Outgoing
+from homeflex.cloud.market import dso as market
+from homeflex.cloud.market import objects as mo
+
+log = logging.getLogger(__name__)
+PTUS = 96
+
+
+@dataclass(frozen=True)
+class CongestionPoint:
+    name: str
+    limit_kw: float
+    aggregators: frozenset[str]
+    other_load_kw: tuple[float, ...] = (0.0,) * PTUS  # load of homes outside any aggregator
+
+
+@dataclass
+class Check:
+    """One congestion point's validation for one day."""
+
+    point: CongestionPoint
+    day: date
+    round: str
+    started: float
+    prognoses: dict[str, DPrognosis] = field(default_factory=dict)
+    request: mo.FlexRequest | None = None
+    answer_by: float = 0.0
+    offers: dict[str, FlexOffer] = field(default_factory=dict)
+    procurement: market.Procurement | None = None
+    safe: bool | None = None  # decided: True when no PTU is over the limit
+    estimated: dict[str, DPrognosis] = field(default_factory=dict)  # the silent, from before
+
+    def prognosis_kw(self) -> list[float]:
+        total = list(self.point.other_load_kw)
+        for p in [*self.prognoses.values(), *self.estimated.values()]:
+            for n, kw in enumerate(p.net_kw):
+                total[p.first_ptu + n] += kw
+        return total
+
+    def after_kw(self) -> list[float]:
+        """The D-prognosis after what was ordered."""
+        before = self.prognosis_kw()
+        return before if self.procurement is None else self.procurement.apply(before)
+
+
+class DsoBrain:
+    def __init__(
+        self,
+        name: str,
+        points: list[CongestionPoint],
+        max_price: float,
+        *,
+        prognosis_wait_s: float = 120.0,
+        offer_window_s: float = 120.0,
+        period_h: float = 0.25,
+    ) -> None:
+        self.name = name
+        self.points = {p.name: p for p in points}
+        self.max_price = max_price
+        self.prognosis_wait_s = prognosis_wait_s
+        self.offer_window_s = offer_window_s
+        self.period_h = period_h
+        self.checks: dict[tuple[str, date], Check] = {}
+
+    # --- messages --------------------------------------------------------------------------
+
+    def on_message(self, sender: str, message: Payload, now: float) -> tuple[Ack, list[Outgoing]]:
+        if isinstance(message, DPrognosis):
+            return self._prognosis(sender, message, now)
+        if isinstance(message, FlexOffer):
+            return self._offer(sender, message, now)
+        return Ack(status="refused", detail=f"the DSO takes no {type(message).__name__}"), []
+
+    def _prognosis(self, sender: str, p: DPrognosis, now: float) -> tuple[Ack, list[Outgoing]]:
+        point = self.points.get(p.congestion_point)
+        if point is None or sender not in point.aggregators:
+            detail = f"{sender} has no homes at congestion point {p.congestion_point!r}"
+            return Ack(status="refused", detail=detail), []
+        check = self.checks.setdefault(
+            (point.name, p.day), Check(point, p.day, p.round, started=now)
+        )
+        if check.safe is not None or check.request is not None:
+            if check.prognoses.get(sender) == p:
+                return Ack(status="ok", detail="taken before"), []
+            return Ack(status="refused", detail=f"{point.name} on {p.day} was checked"), []
+        check.prognoses[sender] = p
+        if set(check.prognoses) == set(point.aggregators):
+            return Ack(status="ok"), self._validate(check, now)
+        return Ack(status="ok"), []
+
+    def _offer(self, sender: str, offer: FlexOffer, now: float) -> tuple[Ack, list[Outgoing]]:
+        check = next(
+            (c for c in self.checks.values() if c.request and c.request.id == offer.request), None
+        )
+        if check is None or check.request is None:
+            return Ack(status="refused", detail=f"no open request {offer.request!r}"), []
+        if sender not in check.point.aggregators:
+            return Ack(status="refused", detail=f"{sender} was not asked"), []
+        if check.offers.get(sender) == offer:
+            return Ack(status="ok", detail="taken before"), []
+        if check.procurement is not None or now > check.answer_by:
+            return Ack(status="refused", detail=f"request {offer.request} closed"), []
+        check.offers[sender] = offer
+        if set(check.offers) == set(check.point.aggregators):
+            return Ack(status="ok"), self._buy(check)
+        return Ack(status="ok"), []
+
+    def on_delivered(self, key: str, ack: Ack, now: float) -> list[Outgoing]:
+        if ack.status != "ok":
+            log.warning("%s: %s refused: %s", self.name, key, ack.detail)
+        return []
+
+    def on_failed(self, key: str, now: float) -> list[Outgoing]:
+        log.error("%s: %s was never acknowledged", self.name, key)
+        return []
+
+    def on_tick(self, now: float) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for check in self.checks.values():
+            waiting = check.safe is None and check.request is None
+            if waiting and now >= check.started + self.prognosis_wait_s:
+                for agr in sorted(check.point.aggregators - set(check.prognoses)):
+                    before = self._last_prognosis(check.point.name, agr, check.day)
+                    if before is None:
+                        log.warning("%s: %s checked without %s", self.name, check.point.name, agr)
+                    else:
+                        check.estimated[agr] = before
+                        log.warning("%s: %s checked with %s's D-prognosis of %s",
+                                    self.name, check.point.name, agr, before.day)  # fmt: skip
+                out += self._validate(check, now)
+            elif check.request is not None and check.procurement is None and now > check.answer_by:
+                out += self._buy(check)  # without the aggregators that did not answer
+        return out
+
+    def _last_prognosis(self, point: str, aggregator: str, day: date) -> DPrognosis | None:
+        earlier = [
+            c.prognoses[aggregator]
+            for (p, d), c in self.checks.items()
+            if p == point and d < day and aggregator in c.prognoses
+        ]
+        return max(earlier, key=lambda x: x.day, default=None)
+
+    # --- validate and buy ------------------------------------------------------------------
+
+    def _validate(self, check: Check, now: float) -> list[Outgoing]:
+        point = check.point
+        request = market.congestion_request(
+            check.prognosis_kw(),
+            point.limit_kw,
+            request_id=f"{point.name}.{check.day.isoformat()}",
+            buyer=self.name,
+            max_price=self.max_price,
+        )
+        if not request.profile_kw:
+            check.safe = True
+            return []
+        check.request = request
+        check.answer_by = now + self.offer_window_s
+        msg = FlexRequest(
+            round=check.round,
+            id=request.id,
+            day=check.day,
+            congestion_point=point.name,
+            profile_kw=request.profile_kw,
+            max_price=request.max_price,
+            answer_by=check.answer_by,
+        )
+        return [
+            Outgoing(agg, msg, key=f"request:{request.id}:{agg}")
+            for agg in sorted(point.aggregators)
+        ]
+
+    def _buy(self, check: Check) -> list[Outgoing]:
+        assert check.request is not None
+        offers = [o for agg, offer in sorted(check.offers.items()) for o in _tiers(agg, offer)]
+        got = market.procure(check.request, offers, period_h=self.period_h)
+        check.procurement = got
+        check.safe = got.met
+        out = []
+        for order in got.orders():
+            source = got.offers[order.offer]
+            msg = FlexOrder(
+                round=check.round,
+                id=order.id,
+                day=check.day,
+                offer=source.id.rsplit(".", 1)[0],
+                direction=order.direction.value,
+                profile_kw=order.profile_kw,
+                price=order.price,
+            )
+            out.append(Outgoing(order.participant, msg, key=f"order:{order.id}"))
+        return out
+
+
+def _tiers(aggregator: str, offer: FlexOffer) -> list[mo.FlexOffer]:
+    """An aggregator's offer as the market's offers: one per price and divisibility among its
+    upward blocks (a tier), kW per PTU; ids `<offer id>.<n>`."""
+    assert offer.request is not None  # _offer took it for an open request
+    tiers: dict[tuple[float, bool], dict[int, float]] = {}
+    for b in offer.blocks:
+        if b.direction == Direction.UP:
+            profile = tiers.setdefault((b.price, b.divisible), {})
+            profile[b.ptu] = profile.get(b.ptu, 0.0) + b.kw
+    return [
+        mo.FlexOffer(
+            id=f"{offer.id}.{n}",
+            participant=aggregator,
+            request=offer.request,
+            profile_kw=profile,
+            price=price,
+            divisible=divisible,
+        )
+        for n, ((price, divisible), profile) in enumerate(sorted(tiers.items()))
+    ]
