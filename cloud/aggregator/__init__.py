@@ -1,0 +1,1 @@
+"""The aggregator's agent: rounds with its homes, offers to and orders from the DSO."""

@@ -1,0 +1,241 @@
+"""The aggregator's part of the USEF cycle for one congestion point (seed 004 §2.2-2.3, §6).
+
+Plan: for each day it opens a round (agents/rounds.py): prices to every home, each answers with
+its P-plan and flexibility offer by the deadline; the round closes without the silent. Validate:
+the A-plan, summed, goes to the DSO as the D-prognosis; when the DSO asks for flexibility, the
+aggregator offers its homes' upward blocks in the requested PTUs at or below the max price,
+summed into tiers by price step and divisibility, so the DSO learns no home's offer. When the
+DSO orders a tier, the aggregator splits the order among the homes whose blocks made the tier,
+cheapest first (pay-as-bid, seed 004's rule), a block that may not be split whole or not at
+all, and sends each home its order, delivered until acknowledged.
+
+Every state change is kept in the RoundStore before it is acknowledged, so an aggregator
+restarted mid-round resumes its rounds; the flexibility part (request, offer, orders) lives in
+memory and is rebuilt by the DSO resending what it did not see acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+
+from homeflex.agents.messages import (
+    Ack,
+    DPrognosis,
+    FlexOffer,
+    FlexOrder,
+    FlexRequest,
+    OfferBlock,
+    Payload,
+    PPlan,
+    Prices,
+)
+from homeflex.agents.node import Outgoing
+from homeflex.agents.rounds import Round, RoundStore
+
+log = logging.getLogger(__name__)
+PRICE_STEP = 0.01  # €/kWh: tiers are home prices rounded up to this
+
+
+@dataclass(frozen=True)
+class DayPrices:
+    import_eur_kwh: list[float]
+    export_eur_kwh: list[float]
+
+
+@dataclass
+class Flex:
+    """A DSO request for one day and what became of it."""
+
+    request: FlexRequest
+    offer: FlexOffer
+    # tier (price, divisible) → PTU → the homes' blocks in it: (home price, home, kW)
+    tiers: dict[tuple[float, bool], dict[int, list[tuple[float, str, float]]]]
+    orders: dict[str, dict[str, FlexOrder]] = field(default_factory=dict)  # DSO order → home
+
+
+class AggregatorBrain:
+    def __init__(
+        self,
+        name: str,
+        homes: frozenset[str],
+        dso: str,
+        congestion_point: str,
+        store: RoundStore,
+        prices: Callable[[date], DayPrices],
+        *,
+        answer_window_s: float = 120.0,
+    ) -> None:
+        self.name = name
+        self.homes = homes
+        self.dso = dso
+        self.congestion_point = congestion_point
+        self.store = store
+        self.prices = prices
+        self.answer_window_s = answer_window_s
+        self.rounds: dict[str, Round] = {}
+        for rid in store.open_rounds():
+            r = store.load(rid)
+            if r is not None:
+                self.rounds[rid] = r
+                log.info("%s: resumed round %s (%d answers)", name, rid, len(r.plans))
+        self.flex: dict[str, Flex] = {}  # request id →
+
+    def round_id(self, day: date) -> str:
+        return f"{self.name}.{day.isoformat()}"
+
+    # --- Plan --------------------------------------------------------------------------------
+
+    def open_round(self, day: date, now: float) -> list[Outgoing]:
+        """Ask every home for its P-plan and offer for `day`; nothing if the round exists."""
+        rid = self.round_id(day)
+        if rid in self.rounds or self.store.load(rid) is not None:
+            return []
+        r = Round(rid, day, self.homes, answer_by=now + self.answer_window_s)
+        self.store.open_round(r)
+        self.rounds[rid] = r
+        p = self.prices(day)
+        msg = Prices(
+            round=rid,
+            day=day,
+            import_eur_kwh=p.import_eur_kwh,
+            export_eur_kwh=p.export_eur_kwh,
+            answer_by=r.answer_by,
+        )
+        ttl = self.answer_window_s
+        return [Outgoing(h, msg, key=f"prices:{rid}:{h}", ttl_s=ttl) for h in sorted(self.homes)]
+
+    def on_message(self, sender: str, message: Payload, now: float) -> tuple[Ack, list[Outgoing]]:
+        if isinstance(message, PPlan | FlexOffer):
+            r = self.rounds.get(message.round) or self.store.load(message.round)
+            if r is None:
+                return Ack(status="refused", detail=f"no round {message.round!r}"), []
+            ack, changed = r.take(sender, message, now)
+            if changed:
+                self.store.save_answer(r, sender, message)
+            return ack, []
+        if sender != self.dso:
+            return Ack(status="refused", detail=f"{sender} is not this aggregator's DSO"), []
+        if isinstance(message, FlexRequest):
+            return self._request(message)
+        if isinstance(message, FlexOrder):
+            return self._order(message)
+        return Ack(status="refused", detail=f"no use for {type(message).__name__}"), []
+
+    def on_tick(self, now: float) -> list[Outgoing]:
+        out = []
+        for r in list(self.rounds.values()):
+            if r.close_if_due(now):
+                self.store.save_closed(r)
+                del self.rounds[r.id]
+                log.info("%s: round %s closed; missing %s", self.name, r.id, r.missing())
+                out.append(self._prognosis(r))
+        return out
+
+    def _prognosis(self, r: Round) -> Outgoing:
+        msg = DPrognosis(
+            round=r.id,
+            day=r.day,
+            congestion_point=self.congestion_point,
+            net_kw=r.a_plan(),
+            homes=len(r.plans),
+        )
+        return Outgoing(self.dso, msg, key=f"prognosis:{r.id}")
+
+    def on_delivered(self, key: str, ack: Ack, now: float) -> list[Outgoing]:
+        if ack.status != "ok":
+            log.warning("%s: %s refused: %s", self.name, key, ack.detail)
+        return []
+
+    def on_failed(self, key: str, now: float) -> list[Outgoing]:
+        log.error("%s: %s was never acknowledged", self.name, key)
+        return []
+
+    # --- Validate: offer and orders ----------------------------------------------------------
+
+    def _request(self, req: FlexRequest) -> tuple[Ack, list[Outgoing]]:
+        if req.id in self.flex:
+            return Ack(status="ok", detail="taken before"), []
+        answers = self.store.load(req.round)
+        if answers is None:
+            return Ack(status="refused", detail=f"no round {req.round!r} here"), []
+        tiers: dict[tuple[float, bool], dict[int, list[tuple[float, str, float]]]] = {}
+        for home, offer in sorted(answers.offers.items()):
+            for b in offer.blocks:
+                wanted = b.ptu in req.profile_kw and b.direction == req.direction
+                if not wanted or b.price > req.max_price:
+                    continue
+                tier = (_step_up(b.price, req.max_price), b.divisible)
+                tiers.setdefault(tier, {}).setdefault(b.ptu, []).append((b.price, home, b.kw))
+        blocks = [
+            OfferBlock(
+                ptu=ptu,
+                direction=req.direction,
+                kw=sum(kw for _, _, kw in members),
+                price=price,
+                divisible=divisible,
+            )
+            for (price, divisible), by_ptu in sorted(tiers.items())
+            for ptu, members in sorted(by_ptu.items())
+        ]
+        offer = FlexOffer(
+            round=req.round, id=f"{self.name}.{req.id}", day=req.day, request=req.id, blocks=blocks
+        )
+        self.flex[req.id] = Flex(req, offer, tiers)
+        return Ack(status="ok"), [Outgoing(self.dso, offer, key=f"offer:{req.id}")]
+
+    def _order(self, order: FlexOrder) -> tuple[Ack, list[Outgoing]]:
+        flex = next((f for f in self.flex.values() if f.offer.id == order.offer), None)
+        if flex is None:
+            return Ack(status="refused", detail=f"no offer {order.offer!r} here"), []
+        if order.id in flex.orders:
+            return Ack(status="ok", detail="taken before"), []
+        tier = next(
+            (t for t in flex.tiers if math.isclose(t[0], order.price) and _fits(flex, t, order)),
+            None,
+        )
+        if tier is None:
+            return Ack(status="refused", detail=f"no tier at {order.price} €/kWh fits"), []
+        divisible = tier[1]
+        per_home: dict[str, dict[int, float]] = {}
+        for ptu, kw in order.profile_kw.items():
+            left = kw
+            for _, home, block_kw in sorted(flex.tiers[tier][ptu]):  # cheapest first
+                take = min(left, block_kw) if divisible else block_kw * (block_kw <= left + 1e-9)
+                if take > 1e-9:
+                    mine = per_home.setdefault(home, {})
+                    mine[ptu] = mine.get(ptu, 0.0) + take
+                    left -= take
+        answers = self.store.load(order.round)
+        assert answers is not None  # the offer was built from this round's answers
+        home_orders = {
+            home: FlexOrder(
+                round=order.round,
+                id=f"{order.id}.{n}",
+                day=order.day,
+                offer=answers.offers[home].id,
+                direction=order.direction,
+                profile_kw=profile,
+                price=order.price,
+            )
+            for n, (home, profile) in enumerate(sorted(per_home.items()))
+        }
+        flex.orders[order.id] = home_orders
+        out = [Outgoing(h, o, key=f"order:{o.id}") for h, o in sorted(home_orders.items())]
+        return Ack(status="ok"), out
+
+
+def _step_up(price: float, cap: float) -> float:
+    """A home's price rounded up to the tier step, never above the request's max price."""
+    return min(cap, math.ceil(round(price / PRICE_STEP, 9)) * PRICE_STEP)
+
+
+def _fits(flex: Flex, tier: tuple[float, bool], order: FlexOrder) -> bool:
+    by_ptu = flex.tiers[tier]
+    return all(
+        ptu in by_ptu and kw <= sum(k for _, _, k in by_ptu[ptu]) + 1e-6
+        for ptu, kw in order.profile_kw.items()
+    )
