@@ -40,6 +40,8 @@ import socket
 import sqlite3
 import ssl
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,6 +62,7 @@ from homeflex.pki.trust import server_context
 from homeflex.security import SecurityLog
 
 log = logging.getLogger(__name__)
+CLOSE_TIMEOUT_S = 5.0  # after the server stopped, the process ends within this
 
 # pyjabber's stored form: sha256$<iterations>$<salt hex>$<PBKDF2-HMAC-SHA256 hex>; it reads the
 # iteration count from each record, so ours (OWASP 2023 for PBKDF2-SHA256) is honoured at login
@@ -504,6 +507,24 @@ def run(config_path: Path) -> None:
     # has switched to the encrypted stream, and that client's stream stalls
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+        _exit_soon()  # the server stopped as asked
+
+
+def _exit_soon() -> None:
+    """After the server stopped: end the process if closing the loop and the interpreter's exit
+    take longer than CLOSE_TIMEOUT_S. Under load a task or executor thread pyjabber left behind
+    has been seen to hold the exit for more than 10 s; the server has stopped and closed its
+    database by then, so nothing is lost by not waiting (a service manager would kill it)."""
+
+    def watchdog() -> None:
+        time.sleep(CLOSE_TIMEOUT_S)
+        stuck = sorted(t.name for t in threading.enumerate() if t is not threading.current_thread())
+        log.warning("exit still waiting after %.0f s (threads: %s); ending the process",
+                    CLOSE_TIMEOUT_S, ", ".join(stuck))  # fmt: skip
+        logging.shutdown()
+        os._exit(0)
+
+    threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
