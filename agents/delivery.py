@@ -55,7 +55,8 @@ class Deliveries:
     """One agent's messages awaiting acknowledgement. One thread at a time (the agent's loop)."""
 
     def __init__(self, path: Path | str) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None)
+        # one caller at a time, not always on the thread that opened it (NodeAgent.work)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA foreign_keys = ON")
         self._db.executescript(SCHEMA)

@@ -114,7 +114,8 @@ class RoundStore:
     so an acknowledged answer survives a crash."""
 
     def __init__(self, path: Path | str) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None)
+        # one caller at a time, not always on the thread that opened it (NodeAgent.work)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.executescript(SCHEMA)
 

@@ -83,6 +83,7 @@ class AggregatorBrain:
                 self.rounds[rid] = r
                 log.info("%s: resumed round %s (%d answers)", name, rid, len(r.plans))
         self.flex: dict[str, Flex] = {}  # request id →
+        self.to_open: list[date] = []  # days to open a round for at the next tick
 
     def round_id(self, day: date) -> str:
         return f"{self.name}.{day.isoformat()}"
@@ -127,6 +128,8 @@ class AggregatorBrain:
 
     def on_tick(self, now: float) -> list[Outgoing]:
         out = []
+        while self.to_open:
+            out += self.open_round(self.to_open.pop(0), now)
         for r in list(self.rounds.values()):
             if r.close_if_due(now):
                 self.store.save_closed(r)

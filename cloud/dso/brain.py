@@ -193,9 +193,14 @@ class DsoBrain:
             max_price=request.max_price,
             answer_by=check.answer_by,
         )
+        # each aggregator that reported is asked in its own round; a silent one is not
         return [
-            Outgoing(agg, msg, key=f"request:{request.id}:{agg}")
-            for agg in sorted(point.aggregators)
+            Outgoing(
+                agg,
+                msg.model_copy(update={"round": p.round}),
+                key=f"request:{request.id}:{agg}",
+            )
+            for agg, p in sorted(check.prognoses.items())
         ]
 
     def _buy(self, check: Check) -> list[Outgoing]:
@@ -208,7 +213,7 @@ class DsoBrain:
         for order in got.orders():
             source = got.offers[order.offer]
             msg = FlexOrder(
-                round=check.round,
+                round=check.prognoses[order.participant].round,
                 id=order.id,
                 day=check.day,
                 offer=source.id.rsplit(".", 1)[0],

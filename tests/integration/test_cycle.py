@@ -1,0 +1,137 @@
+"""Plan and Validate over XMPP with TLS, every party its own process (tests/integration/
+cycle_agent.py): four homes planned by the real planner, their aggregator and the DSO, through
+the embedded server. The homes' evening peak is over the transformer limit (the limit is set
+1 kW below the sum of the homes' own plans); after the cycle no PTU is over it, the DSO bought
+what it asked for, the homes hold the orders that cover it, and the DSO never saw a home's data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from homeflex.agents.messages import Prices
+from homeflex.cloud.xmpp.domain import TEST_DOMAIN, new_password
+from homeflex.edge.planner.planner import solve
+from homeflex.pki.identity import Identity, Role
+from tests.integration.cycle_agent import EVENING, home_inputs, prices
+from tests.integration.test_xmpp_tls import SERVICE, Party, embedded_server, jid
+
+AGENT = str(Path(__file__).with_name("cycle_agent.py"))
+DAY = date(2026, 1, 15)
+EVENING_KW = {"cyc-home-0": 3.0, "cyc-home-1": 3.5, "cyc-home-2": 4.0, "cyc-home-3": 4.5}
+
+
+def planned_peak_kw() -> tuple[float, int]:
+    """The homes' own plans summed: the peak (kW) and its PTU, as the homes will plan them."""
+    p = prices(DAY)
+    msg = Prices(round="x", day=DAY, import_eur_kwh=p.import_eur_kwh,
+                 export_eur_kwh=p.export_eur_kwh, answer_by=0)  # fmt: skip
+    total = [0.0] * 96
+    for kw in EVENING_KW.values():
+        plan = solve(home_inputs(kw)(msg, []))
+        total = [a + b / 1000 for a, b in zip(total, plan.net_w, strict=True)]
+    peak = max(range(96), key=lambda t: total[t])
+    return total[peak], peak
+
+
+def cert(party: Party) -> str:
+    return str(party.creds.cert_path)
+
+
+def status(party: Party) -> dict[str, Any] | None:
+    path = party.creds.dir / "status.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def cycle_done(parties: dict[str, Party]) -> bool:
+    """The DSO has bought, and every home the aggregator ordered holds its order."""
+    dso, agg = status(parties["dso"]), status(parties["agg"])
+    if not dso or not dso["checks"] or not dso["checks"][0]["orders"] or not agg:
+        return False
+    ordered = {h for f in agg["flex"].values() for o in f.values() for h in o}
+    if not ordered:
+        return False
+    return all((status(parties[h]) or {}).get("orders") for h in ordered)
+
+
+def test_the_cycle_over_xmpp_leaves_no_ptu_over_the_limit(tmp_path: Path, creds: Any) -> None:
+    peak_kw, peak_ptu = planned_peak_kw()
+    assert peak_ptu in EVENING
+    limit = peak_kw - 1.0
+    ids = {
+        "dso": Identity("cyc-dso", Role.DSO, xmpp=jid("cyc-dso")),
+        "agg": Identity("cyc-agr", Role.AGGREGATOR, xmpp=jid("cyc-agr")),
+        **{h: Identity(h, Role.HOME, xmpp=jid(h)) for h in EVENING_KW},
+    }
+    parties = {k: Party(creds(i), new_password()) for k, i in ids.items()}
+    with embedded_server(tmp_path / "xmpp", creds(SERVICE), parties) as server:
+        common = ["--address", "127.0.0.1", "--port", str(server.port), "--domain", TEST_DOMAIN]
+
+        def start(key: str, *args: str) -> subprocess.Popen[bytes]:
+            party = parties[key]
+            return subprocess.Popen(
+                [sys.executable, AGENT, "--creds", str(party.creds.dir), *common, *args],
+                stdout=subprocess.PIPE,
+                stderr=(tmp_path / f"{key}.log").open("wb"),
+                env={**os.environ, "XMPP_PASSWORD": party.password},
+            )
+
+        agg_cert = cert(parties["agg"])
+        procs = {}
+        for h, kw in EVENING_KW.items():
+            procs[h] = start(h, "--aggregator", "cyc-agr", "--peer", agg_cert,
+                             "--evening-kw", str(kw), "home")  # fmt: skip
+        procs["dso"] = start("dso", "--aggregator-of", "cyc-agr", "--peer", agg_cert,
+                             "--limit-kw", str(limit), "--max-price", "0.5", "dso")  # fmt: skip
+        homes = [a for h in EVENING_KW for a in ("--home", h, "--peer", cert(parties[h]))]
+        procs["agg"] = start("agg", *homes, "--dso", "cyc-dso", "--peer", cert(parties["dso"]),
+                             "--answer-s", "30", "--start-after", "3", "aggregator")  # fmt: skip
+        try:
+            # the cycle: prices, plans and offers, the round closes when all answered, the
+            # D-prognosis, the request, the offer, the orders, the homes re-plan and ack
+            deadline = time.monotonic() + 120
+            while not cycle_done(parties) and time.monotonic() < deadline:
+                dead = [k for k, p in procs.items() if p.poll() is not None]
+                assert not dead, f"{dead} stopped: {(tmp_path / f'{dead[0]}.log').read_text()}"
+                time.sleep(0.5)
+            time.sleep(2.0)  # the last acknowledgements
+        finally:
+            results = {}
+            for p in procs.values():
+                p.send_signal(signal.SIGTERM)
+            for key, p in procs.items():
+                out, _ = p.communicate(timeout=30)
+                lines = [json.loads(x) for x in out.decode().splitlines() if x.startswith("{")]
+                results[key] = next((x for x in lines if x["event"] == "summary"), None)
+    for key, r in results.items():
+        assert r is not None, f"{key}: no summary; {(tmp_path / f'{key}.log').read_text()[-3000:]}"
+    (check,) = results["dso"]["checks"]
+    assert check["before_max_kw"] == pytest.approx(peak_kw, abs=1e-3)
+    assert check["request_kw"] and check["safe"] is True
+    assert check["after_max_kw"] <= limit + 1e-6
+    # the homes hold orders for what the DSO asked, PTU by PTU
+    held: dict[int, float] = {}
+    for orders in results["agg"]["flex"].values():
+        for per_home in orders.values():
+            for profile in per_home.values():
+                for t, kw in profile.items():
+                    held[int(t)] = held.get(int(t), 0.0) + kw
+    for t, kw in check["request_kw"].items():
+        assert held.get(int(t), 0.0) >= kw - 1e-6
+    kept = sum(len(results[h]["orders"]) for h in EVENING_KW)
+    assert kept == sum(len(o) for f in results["agg"]["flex"].values() for o in f.values())
+    # the DSO's messages: sums only, not one home named
+    assert results["dso"]["received"]
+    for text in results["dso"]["received"]:
+        assert not any(h in text for h in EVENING_KW), text
+    assert all(results[k]["failed"] == 0 for k in results)
