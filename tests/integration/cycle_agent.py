@@ -97,6 +97,7 @@ def summary(node: Node, brain: Any) -> dict[str, Any]:
             })  # fmt: skip
         out |= {"checks": checks, "received": brain.received}
     elif isinstance(brain, AggregatorBrain):
+        out["open_rounds"] = {rid: sorted(r.plans) for rid, r in brain.rounds.items()}
         out["flex"] = {
             rid: {o: {h: m.profile_kw for h, m in homes.items()} for o, homes in f.orders.items()}
             for rid, f in brain.flex.items()

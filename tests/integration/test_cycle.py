@@ -64,7 +64,20 @@ def cycle_done(parties: dict[str, Party]) -> bool:
     return all((status(parties[h]) or {}).get("orders") for h in ordered)
 
 
-def test_the_cycle_over_xmpp_leaves_no_ptu_over_the_limit(tmp_path: Path, creds: Any) -> None:
+def round_answers(parties: dict[str, Party]) -> list[str]:
+    """The homes whose P-plans the aggregator's open round holds."""
+    agg = status(parties["agg"]) or {}
+    return sorted(h for plans in agg.get("open_rounds", {}).values() for h in plans)
+
+
+@pytest.mark.parametrize("trouble", ["none", "aggregator-killed"])
+def test_the_cycle_over_xmpp_leaves_no_ptu_over_the_limit(
+    tmp_path: Path, creds: Any, trouble: str
+) -> None:
+    """With `aggregator-killed`, one home is offline when the round opens; once the other
+    three have answered, the aggregator is killed (SIGKILL) and started again; then the late
+    home comes online. The restarted aggregator resumes the round from its store and the
+    cycle completes with all four."""
     peak_kw, peak_ptu = planned_peak_kw()
     assert peak_ptu in EVENING
     limit = peak_kw - 1.0
@@ -74,6 +87,7 @@ def test_the_cycle_over_xmpp_leaves_no_ptu_over_the_limit(tmp_path: Path, creds:
         **{h: Identity(h, Role.HOME, xmpp=jid(h)) for h in EVENING_KW},
     }
     parties = {k: Party(creds(i), new_password()) for k, i in ids.items()}
+    late = "cyc-home-3" if trouble == "aggregator-killed" else None
     with embedded_server(tmp_path / "xmpp", creds(SERVICE), parties) as server:
         common = ["--address", "127.0.0.1", "--port", str(server.port), "--domain", TEST_DOMAIN]
 
@@ -82,21 +96,37 @@ def test_the_cycle_over_xmpp_leaves_no_ptu_over_the_limit(tmp_path: Path, creds:
             return subprocess.Popen(
                 [sys.executable, AGENT, "--creds", str(party.creds.dir), *common, *args],
                 stdout=subprocess.PIPE,
-                stderr=(tmp_path / f"{key}.log").open("wb"),
+                stderr=(tmp_path / f"{key}.log").open("ab"),
                 env={**os.environ, "XMPP_PASSWORD": party.password},
             )
 
         agg_cert = cert(parties["agg"])
-        procs = {}
-        for h, kw in EVENING_KW.items():
-            procs[h] = start(h, "--aggregator", "cyc-agr", "--peer", agg_cert,
-                             "--evening-kw", str(kw), "home")  # fmt: skip
+
+        def start_home(h: str) -> subprocess.Popen[bytes]:
+            return start(h, "--aggregator", "cyc-agr", "--peer", agg_cert,
+                         "--evening-kw", str(EVENING_KW[h]), "home")  # fmt: skip
+
+        homes = [a for h in EVENING_KW for a in ("--home", h, "--peer", cert(parties[h]))]
+
+        def start_aggregator() -> subprocess.Popen[bytes]:
+            return start("agg", *homes, "--dso", "cyc-dso", "--peer", cert(parties["dso"]),
+                         "--answer-s", "60", "--start-after", "3", "aggregator")  # fmt: skip
+
+        procs = {h: start_home(h) for h in EVENING_KW if h != late}
         procs["dso"] = start("dso", "--aggregator-of", "cyc-agr", "--peer", agg_cert,
                              "--limit-kw", str(limit), "--max-price", "0.5", "dso")  # fmt: skip
-        homes = [a for h in EVENING_KW for a in ("--home", h, "--peer", cert(parties[h]))]
-        procs["agg"] = start("agg", *homes, "--dso", "cyc-dso", "--peer", cert(parties["dso"]),
-                             "--answer-s", "30", "--start-after", "3", "aggregator")  # fmt: skip
+        procs["agg"] = start_aggregator()
         try:
+            if late is not None:
+                others = sorted(h for h in EVENING_KW if h != late)
+                deadline = time.monotonic() + 60
+                while round_answers(parties) != others:
+                    assert time.monotonic() < deadline, round_answers(parties)
+                    time.sleep(0.2)
+                procs["agg"].kill()
+                procs["agg"].wait()
+                procs["agg"] = start_aggregator()
+                procs[late] = start_home(late)
             # the cycle: prices, plans and offers, the round closes when all answered, the
             # D-prognosis, the request, the offer, the orders, the homes re-plan and ack
             deadline = time.monotonic() + 120
@@ -135,3 +165,5 @@ def test_the_cycle_over_xmpp_leaves_no_ptu_over_the_limit(tmp_path: Path, creds:
     for text in results["dso"]["received"]:
         assert not any(h in text for h in EVENING_KW), text
     assert all(results[k]["failed"] == 0 for k in results)
+    if late is not None:  # the late home was heard: its plan is in the D-prognosis's sum
+        assert results[late]["rounds"] and check["before_max_kw"] == pytest.approx(peak_kw, 1e-3)
