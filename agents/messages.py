@@ -123,6 +123,12 @@ class FlexOffer(Payload):
     request: ID | None = None
     blocks: list[OfferBlock] = Field(max_length=2 * 96 * 8)
 
+    def tiers(self, direction: Direction = Direction.UP) -> dict[str, tuple[float, bool]]:
+        """The offer's tiers, by id: each (price, divisible) among its blocks in `direction`,
+        in ascending order, numbered `<offer id>.<n>`. An order names the tier it takes."""
+        keys = sorted({(b.price, b.divisible) for b in self.blocks if b.direction == direction})
+        return {f"{self.id}.{n}": key for n, key in enumerate(keys)}
+
 
 class FlexRequest(Payload):
     """DSO → aggregator: change the congestion point's net load by `profile_kw` per PTU in
@@ -140,7 +146,8 @@ class FlexRequest(Payload):
 
 class FlexOrder(Payload):
     """Buyer → seller: deliver `profile_kw` per PTU in `direction` at `price` €/kWh, against
-    the offer `offer`. The seller acknowledges and re-plans within it."""
+    `offer`: the offer's id, or one of its tiers' (`FlexOffer.tiers`). The seller acknowledges
+    and re-plans within it."""
 
     round: ID
     id: ID

@@ -191,17 +191,15 @@ class AggregatorBrain:
         return Ack(status="ok"), [Outgoing(self.dso, offer, key=f"offer:{req.id}")]
 
     def _order(self, order: FlexOrder) -> tuple[Ack, list[Outgoing]]:
-        flex = next((f for f in self.flex.values() if f.offer.id == order.offer), None)
+        flex = next((f for f in self.flex.values() if order.offer in f.offer.tiers()), None)
         if flex is None:
-            return Ack(status="refused", detail=f"no offer {order.offer!r} here"), []
+            return Ack(status="refused", detail=f"no offer tier {order.offer!r} here"), []
         if order.id in flex.orders:
             return Ack(status="ok", detail="taken before"), []
-        tier = next(
-            (t for t in flex.tiers if math.isclose(t[0], order.price) and _fits(flex, t, order)),
-            None,
-        )
-        if tier is None:
-            return Ack(status="refused", detail=f"no tier at {order.price} €/kWh fits"), []
+        tier = flex.offer.tiers()[order.offer]
+        if not _fits(flex, tier, order) or order.price < tier[0]:
+            detail = f"the order for {order.offer} asks more than the tier holds, or pays less"
+            return Ack(status="refused", detail=detail), []
         divisible = tier[1]
         per_home: dict[str, dict[int, float]] = {}
         for ptu, kw in order.profile_kw.items():

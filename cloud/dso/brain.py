@@ -216,7 +216,7 @@ class DsoBrain:
                 round=check.prognoses[order.participant].round,
                 id=order.id,
                 day=check.day,
-                offer=source.id.rsplit(".", 1)[0],
+                offer=source.id,  # the tier
                 direction=order.direction.value,
                 profile_kw=order.profile_kw,
                 price=order.price,
@@ -226,22 +226,23 @@ class DsoBrain:
 
 
 def _tiers(aggregator: str, offer: FlexOffer) -> list[mo.FlexOffer]:
-    """An aggregator's offer as the market's offers: one per price and divisibility among its
-    upward blocks (a tier), kW per PTU; ids `<offer id>.<n>`."""
+    """An aggregator's offer as the market's offers, one per tier (`FlexOffer.tiers`: a price
+    and divisibility among its upward blocks), kW per PTU, with the tier's id."""
     assert offer.request is not None  # _offer took it for an open request
-    tiers: dict[tuple[float, bool], dict[int, float]] = {}
-    for b in offer.blocks:
-        if b.direction == Direction.UP:
-            profile = tiers.setdefault((b.price, b.divisible), {})
-            profile[b.ptu] = profile.get(b.ptu, 0.0) + b.kw
-    return [
-        mo.FlexOffer(
-            id=f"{offer.id}.{n}",
-            participant=aggregator,
-            request=offer.request,
-            profile_kw=profile,
-            price=price,
-            divisible=divisible,
+    out = []
+    for tier_id, (price, divisible) in offer.tiers().items():
+        profile: dict[int, float] = {}
+        for b in offer.blocks:
+            if b.direction == Direction.UP and (b.price, b.divisible) == (price, divisible):
+                profile[b.ptu] = profile.get(b.ptu, 0.0) + b.kw
+        out.append(
+            mo.FlexOffer(
+                id=tier_id,
+                participant=aggregator,
+                request=offer.request,
+                profile_kw=profile,
+                price=price,
+                divisible=divisible,
+            )
         )
-        for n, ((price, divisible), profile) in enumerate(sorted(tiers.items()))
-    ]
+    return out

@@ -101,7 +101,8 @@ def test_the_worked_example_is_validated_bought_and_safe_afterwards() -> None:
     # one order per accepted tier, to its aggregator, naming the offer it answers
     assert len(orders) == len(direct.accepted)
     for o in orders:
-        assert isinstance(o.message, FlexOrder) and o.message.offer == f"{o.to}.offer"
+        assert isinstance(o.message, FlexOrder)
+        assert o.message.offer in as_message(o.to, request.id, tiers).tiers()  # a tier of it
         assert o.key == f"order:{o.message.id}"
     ordered = [o.message for o in orders if isinstance(o.message, FlexOrder)]
     ordered_kw = sum(sum(m.profile_kw.values()) for m in ordered)
