@@ -85,14 +85,15 @@ class AggregatorBrain:
         self.flex: dict[str, Flex] = {}  # request id →
         self.to_open: list[date] = []  # days to open a round for at the next tick
 
-    def round_id(self, day: date) -> str:
-        return f"{self.name}.{day.isoformat()}"
+    def round_id(self, day: date, seq: int = 0) -> str:
+        """Round `seq` for `day`: 0 the day-ahead one, 1, 2 … the plans made again later."""
+        return f"{self.name}.{day.isoformat()}" + (f".{seq}" if seq else "")
 
     # --- Plan --------------------------------------------------------------------------------
 
-    def open_round(self, day: date, now: float) -> list[Outgoing]:
+    def open_round(self, day: date, now: float, seq: int = 0) -> list[Outgoing]:
         """Ask every home for its P-plan and offer for `day`; nothing if the round exists."""
-        rid = self.round_id(day)
+        rid = self.round_id(day, seq)
         if rid in self.rounds or self.store.load(rid) is not None:
             return []
         r = Round(rid, day, self.homes, answer_by=now + self.answer_window_s)

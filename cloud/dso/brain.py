@@ -2,6 +2,9 @@
 congestion point, ask every aggregator there for the excess over the transformer limit with a
 max price, buy the cheapest offers (cloud/market/dso.py `procure`) and order them.
 
+A D-prognosis that comes after a decided check starts a new validation of the point for that
+day (the aggregators planned again: their homes plan with the orders they hold, so flexibility
+already sold is in the new sums, and only what is still over the limit is asked for).
 Per congestion point and day: the D-prognoses are awaited from every aggregator of the point,
 or until `prognosis_wait_s` after the first: a silent aggregator does not block the check, and
 its load is taken from its last D-prognosis of an earlier day (the same PTUs of the day), or
@@ -57,6 +60,7 @@ class Check:
     procurement: market.Procurement | None = None
     safe: bool | None = None  # decided: True when no PTU is over the limit
     estimated: dict[str, DPrognosis] = field(default_factory=dict)  # the silent, from before
+    generation: int = 0  # the day's first validation of the point, or a later one
 
     def prognosis_kw(self) -> list[float]:
         total = list(self.point.other_load_kw)
@@ -88,7 +92,12 @@ class DsoBrain:
         self.prognosis_wait_s = prognosis_wait_s
         self.offer_window_s = offer_window_s
         self.period_h = period_h
-        self.checks: dict[tuple[str, date], Check] = {}
+        self.checks: list[Check] = []  # in the order they began
+
+    def check(self, point: str, day: date) -> Check | None:
+        """The latest validation of `point` on `day`."""
+        return next((c for c in reversed(self.checks) if (c.point.name, c.day) == (point, day)),
+                    None)  # fmt: skip
 
     # --- messages --------------------------------------------------------------------------
 
@@ -104,22 +113,22 @@ class DsoBrain:
         if point is None or sender not in point.aggregators:
             detail = f"{sender} has no homes at congestion point {p.congestion_point!r}"
             return Ack(status="refused", detail=detail), []
-        check = self.checks.setdefault(
-            (point.name, p.day), Check(point, p.day, p.round, started=now)
-        )
-        if check.safe is not None or check.request is not None:
-            if check.prognoses.get(sender) == p:
-                return Ack(status="ok", detail="taken before"), []
-            return Ack(status="refused", detail=f"{point.name} on {p.day} was checked"), []
+        check = self.check(point.name, p.day)
+        if check is not None and check.prognoses.get(sender) == p:
+            return Ack(status="ok", detail="taken before"), []
+        if check is None or check.safe is not None or check.request is not None:
+            # a first D-prognosis, or a new one after a decided check: the aggregator planned
+            # again (its homes holding what was sold), so the point is validated again
+            later = 0 if check is None else check.generation + 1
+            check = Check(point, p.day, p.round, started=now, generation=later)
+            self.checks.append(check)
         check.prognoses[sender] = p
         if set(check.prognoses) == set(point.aggregators):
             return Ack(status="ok"), self._validate(check, now)
         return Ack(status="ok"), []
 
     def _offer(self, sender: str, offer: FlexOffer, now: float) -> tuple[Ack, list[Outgoing]]:
-        check = next(
-            (c for c in self.checks.values() if c.request and c.request.id == offer.request), None
-        )
+        check = next((c for c in self.checks if c.request and c.request.id == offer.request), None)
         if check is None or check.request is None:
             return Ack(status="refused", detail=f"no open request {offer.request!r}"), []
         if sender not in check.point.aggregators:
@@ -144,11 +153,11 @@ class DsoBrain:
 
     def on_tick(self, now: float) -> list[Outgoing]:
         out: list[Outgoing] = []
-        for check in self.checks.values():
+        for check in self.checks:
             waiting = check.safe is None and check.request is None
             if waiting and now >= check.started + self.prognosis_wait_s:
                 for agr in sorted(check.point.aggregators - set(check.prognoses)):
-                    before = self._last_prognosis(check.point.name, agr, check.day)
+                    before = self._last_prognosis(check, agr)
                     if before is None:
                         log.warning("%s: %s checked without %s", self.name, check.point.name, agr)
                     else:
@@ -160,11 +169,13 @@ class DsoBrain:
                 out += self._buy(check)  # without the aggregators that did not answer
         return out
 
-    def _last_prognosis(self, point: str, aggregator: str, day: date) -> DPrognosis | None:
+    def _last_prognosis(self, check: Check, aggregator: str) -> DPrognosis | None:
+        """The aggregator's latest D-prognosis for the point before `check`: of the same day
+        in an earlier validation, else of an earlier day."""
         earlier = [
             c.prognoses[aggregator]
-            for (p, d), c in self.checks.items()
-            if p == point and d < day and aggregator in c.prognoses
+            for c in self.checks[: self.checks.index(check)]
+            if c.point == check.point and c.day <= check.day and aggregator in c.prognoses
         ]
         return max(earlier, key=lambda x: x.day, default=None)
 
@@ -175,7 +186,8 @@ class DsoBrain:
         request = market.congestion_request(
             check.prognosis_kw(),
             point.limit_kw,
-            request_id=f"{point.name}.{check.day.isoformat()}",
+            request_id=f"{point.name}.{check.day.isoformat()}"
+            + (f".{check.generation}" if check.generation else ""),
             buyer=self.name,
             max_price=self.max_price,
         )

@@ -86,7 +86,7 @@ def summary(node: Node, brain: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"sent": node.sent, "resent": node.resent, "failed": node.failed}
     if isinstance(brain, Recording):
         checks = []
-        for check in brain.brain.checks.values():
+        for check in brain.brain.checks:
             got = check.procurement
             checks.append({
                 "safe": check.safe, "before_max_kw": max(check.prognosis_kw()),

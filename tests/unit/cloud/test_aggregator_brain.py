@@ -83,7 +83,7 @@ def test_plan_and_validate_meet_the_request_from_the_cheapest_homes(tmp_path: Pa
     n.route(n.agg.open_round(DAY, T0), T0)
     prices = [o for o in n.to_homes if isinstance(o.message, Prices)]
     assert sorted(o.to for o in prices) == HOMES
-    rid = prices[0].message.round  # type: ignore[union-attr]
+    rid = prices[0].message.round  # type: ignore[attr-defined]
     for k, home in enumerate(HOMES[:9]):  # home-9 stays silent
         for answer in (home_plan(k, rid), home_offer(k, rid)):
             ack, _ = n.agg.on_message(home, answer, T0 + 5)
@@ -99,7 +99,8 @@ def test_plan_and_validate_meet_the_request_from_the_cheapest_homes(tmp_path: Pa
     assert set(DPrognosis.model_fields) == {
         "round", "day", "first_ptu", "congestion_point", "net_kw", "homes"
     }  # fmt: skip
-    check = n.dso.checks[("trafo-1", DAY)]
+    check = n.dso.check("trafo-1", DAY)
+    assert check is not None
     assert check.safe is True  # 28.8 kW < 30 kW: no request
 
     # the next day the same nine homes and home-9 answer, and the peak is 32 kW
@@ -127,10 +128,11 @@ def test_plan_and_validate_meet_the_request_from_the_cheapest_homes(tmp_path: Pa
         got[o.to] = got.get(o.to, 0.0) + sum(o.message.profile_kw.values())
     per_ptu: dict[int, float] = {}
     for o in orders:
-        for t, kw in o.message.profile_kw.items():  # type: ignore[union-attr]
+        for t, kw in o.message.profile_kw.items():  # type: ignore[attr-defined]
             per_ptu[t] = per_ptu.get(t, 0.0) + kw
     assert per_ptu == pytest.approx(dict.fromkeys(PEAK, 2.0))
-    check2 = n.dso.checks[("trafo-1", later)]
+    check2 = n.dso.check("trafo-1", later)
+    assert check2 is not None
     assert check2.safe and max(check2.after_kw()) <= LIMIT_KW + 1e-9
     cost = check2.procurement.total_cost_eur  # type: ignore[union-attr]
     # the cheapest way: 4 × 0.5 kW per PTU from the cheapest divisible blocks, or home 0's
@@ -142,7 +144,7 @@ def test_plan_and_validate_meet_the_request_from_the_cheapest_homes(tmp_path: Pa
     first = next(m for m in n.to_dso if isinstance(m, FlexOffer))
     dso_orders = [o for o in n.dso._buy(check2) if isinstance(o.message, FlexOrder)]
     tiers = first.tiers()
-    assert dso_orders and all(o.message.offer in tiers for o in dso_orders)  # type: ignore[union-attr]
+    assert dso_orders and all(o.message.offer in tiers for o in dso_orders)  # type: ignore[attr-defined]
     ack, more = n.agg.on_message("dso-1", dso_orders[0].message, T0 + 200)
     assert (ack.status, more) == ("ok", [])
 

@@ -92,7 +92,8 @@ def test_the_worked_example_is_validated_bought_and_safe_afterwards() -> None:
         ack, out = dso.on_message(agr, as_message(agr, request.id, tiers), T0 + 10)
         assert ack.status == "ok"
         orders += out
-    check = dso.checks[("trafo-1", DAY)]
+    check = dso.check("trafo-1", DAY)
+    assert check is not None
     assert check.procurement is not None and check.safe
     # the cheapest offers: the same purchase as procuring the tiers directly
     direct = procure(market_request, tiers)
@@ -133,7 +134,8 @@ def test_a_silent_aggregator_does_not_block_the_check_and_its_last_load_stands_i
     assert dso.on_tick(T0 + 60) == []  # still waiting for agr-c
     out = dso.on_tick(T0 + 120)
     # the first day nothing stands in for agr-c: two thirds of 300 kW is under 280
-    first = dso.checks[("trafo-1", DAY)]
+    first = dso.check("trafo-1", DAY)
+    assert first is not None
     assert out == [] and first.safe is True and first.estimated == {}
     # the next day agr-c is silent again: its D-prognosis of the day before stands in
     later = DAY.replace(day=16)
@@ -141,9 +143,10 @@ def test_a_silent_aggregator_does_not_block_the_check_and_its_last_load_stands_i
     for agr in ("agr-a", "agr-b"):
         dso.on_message(agr, ps[agr].model_copy(update={"day": later}), T0 + 200)
     out = dso.on_tick(T0 + 200 + 120)
-    check = dso.checks[("trafo-1", later)]
+    check = dso.check("trafo-1", later)
+    assert check is not None
     assert list(check.estimated) == ["agr-c"] and check.estimated["agr-c"].day.day == 14
     assert max(check.prognosis_kw()) == pytest.approx(300.0)
     # the two that reported are asked, each in its own round; the silent one is not
     assert sorted(o.to for o in out) == ["agr-a", "agr-b"]
-    assert {o.message.round for o in out} == {"agr-a.d1", "agr-b.d1"}  # type: ignore[union-attr]
+    assert {getattr(o.message, "round", None) for o in out} == {"agr-a.d1", "agr-b.d1"}
