@@ -53,6 +53,25 @@ class Brain(Protocol):
     def on_tick(self, now: float) -> list[Outgoing]: ...
 
 
+class Reporting:
+    """What most brains do when a delivery ends: log a refusal or a failure, nothing more.
+    A brain that needs more overrides these; `name` is the party's."""
+
+    name: str
+
+    def on_delivered(self, key: str, ack: Ack, now: float) -> list[Outgoing]:
+        if ack.status != "ok":
+            log.warning("%s: %s refused: %s", self.name, key, ack.detail)
+        return []
+
+    def on_failed(self, key: str, now: float) -> list[Outgoing]:
+        log.error("%s: %s was never acknowledged", self.name, key)
+        return []
+
+    def on_tick(self, now: float) -> list[Outgoing]:
+        return []
+
+
 class Node:
     def __init__(self, messenger: Messenger, deliveries: Deliveries, brain: Brain) -> None:
         self.messenger = messenger

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import spade
-import yaml
 from cryptography import x509
 
 from bench.machine import machine
+from bench.xmpp_fleet import DOMAIN, xmpp_fleet
 from homeflex.agents.carrier import NodeAgent
 from homeflex.agents.delivery import Deliveries
 from homeflex.agents.messages import (
@@ -45,20 +45,16 @@ from homeflex.agents.messages import (
     Prices,
 )
 from homeflex.agents.messenger import Messenger
-from homeflex.agents.node import Node, Outgoing
+from homeflex.agents.node import Node, Outgoing, Reporting
 from homeflex.agents.permissions import Permissions
 from homeflex.agents.rounds import RoundStore
 from homeflex.agents.xmpp_tls import XmppEndpoint
 from homeflex.cloud.aggregator.brain import AggregatorBrain, DayPrices
 from homeflex.cloud.dso.brain import CongestionPoint, DsoBrain
-from homeflex.cloud.xmpp.domain import new_password
-from homeflex.cloud.xmpp.embedded import PyjabberAccounts
-from homeflex.pki.bundle import Credentials, issue_credentials
-from homeflex.pki.ca import init_fleet, init_root
-from homeflex.pki.identity import Identity, Role
+from homeflex.pki.bundle import Credentials
+from homeflex.pki.identity import Role
 from homeflex.security import SecurityLog
 
-DOMAIN = "xmpp.homeflex.test"
 DAY = date(2026, 1, 15)
 EVENING = range(76, 84)
 PHASES = ("answers", "request", "orders", "acks")
@@ -68,7 +64,7 @@ def home_name(n: int) -> str:
     return f"home-{n:04d}"
 
 
-class QuickHome:
+class QuickHome(Reporting):
     """A home that answers at once: 3 kW in the evening, 0.8 kW before; 1 kW less on offer in
     each evening PTU at its own price."""
 
@@ -89,15 +85,6 @@ class QuickHome:
             ]
         return Ack(status="ok"), []  # an order: kept
 
-    def on_delivered(self, key: str, ack: Ack, now: float) -> list[Outgoing]:
-        return []
-
-    def on_failed(self, key: str, now: float) -> list[Outgoing]:
-        return []
-
-    def on_tick(self, now: float) -> list[Outgoing]:
-        return []
-
 
 class TimedAggregator(AggregatorBrain):
     """The product's aggregator, noting when each phase of the round ended."""
@@ -109,9 +96,9 @@ class TimedAggregator(AggregatorBrain):
         self.acked: set[str] = set()
         self.done = threading.Event()  # set on the Node's worker thread
 
-    def open_round(self, day: date, now: float) -> list[Outgoing]:
+    def open_round(self, day: date, now: float, seq: int = 0) -> list[Outgoing]:
         self.times.setdefault("start", time.time())
-        return super().open_round(day, now)
+        return super().open_round(day, now, seq)
 
     def on_tick(self, now: float) -> list[Outgoing]:
         out = super().on_tick(now)
@@ -197,28 +184,11 @@ def _prices(day: date) -> DayPrices:
 
 
 def setup(base: Path, homes: int) -> None:
-    init_root(base / "root", b"bench root passphrase")
-    fleet = init_fleet(base / "root", b"bench root passphrase", base / "fleet")
-    issue_credentials(fleet, Identity("xmpp", Role.SERVICE, dns=(DOMAIN,)), base / "xmpp")
-    accounts = PyjabberAccounts(base / "pyjabber.db", DOMAIN)
     parties = [("agr-1", Role.AGGREGATOR), ("dso-1", Role.DSO)]
     parties += [(home_name(n), Role.HOME) for n in range(homes)]
-    passwords = {}
-    for name, role in parties:
-        issue_credentials(fleet, Identity(name, role, xmpp=f"{name}@{DOMAIN}"), base / name)
-        passwords[name] = new_password()
-        accounts.add_account(f"{name}@{DOMAIN}", passwords[name])
+    passwords = xmpp_fleet(base, parties)
     (base / "passwords.json").write_text(json.dumps(passwords))
     (base / "passwords.json").chmod(0o600)
-    config = {
-        "domain": DOMAIN,
-        "listen": "127.0.0.1",
-        "port": 0,
-        "credentials": str(base / "xmpp"),
-        "database": str(base / "pyjabber.db"),
-        "security_log": str(base / "xmpp.log"),
-    }
-    (base / "xmpp.yaml").write_text(yaml.safe_dump(config))
 
 
 def spawn(*args: str) -> subprocess.Popen[bytes]:

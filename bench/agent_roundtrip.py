@@ -17,22 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import spade
-import yaml
 from spade.behaviour import CyclicBehaviour, OneShotBehaviour
 from spade.message import Message
 
 from bench.machine import machine
+from bench.xmpp_fleet import DOMAIN, xmpp_fleet
 from homeflex.agents.messenger import Messenger
 from homeflex.agents.permissions import Permissions
 from homeflex.agents.xmpp_tls import TlsAgent, XmppEndpoint
-from homeflex.cloud.xmpp.domain import new_password
-from homeflex.cloud.xmpp.embedded import PyjabberAccounts
-from homeflex.pki.bundle import Credentials, issue_credentials
-from homeflex.pki.ca import init_fleet, init_root
-from homeflex.pki.identity import Identity, Role
+from homeflex.pki.bundle import Credentials
+from homeflex.pki.identity import Role
 from homeflex.security import SecurityLog
-
-DOMAIN = "xmpp.homeflex.test"
 
 
 class Answer(CyclicBehaviour):  # type: ignore[misc]
@@ -128,26 +123,7 @@ def ready(proc: subprocess.Popen[bytes]) -> list[str]:
 
 def setup(base: Path) -> dict[str, str]:
     """A PKI, the XMPP service's and both agents' credentials, their accounts; passwords."""
-    init_root(base / "root", b"bench root passphrase")
-    fleet = init_fleet(base / "root", b"bench root passphrase", base / "fleet")
-    service = Identity("xmpp", Role.SERVICE, dns=(DOMAIN,))
-    issue_credentials(fleet, service, base / "xmpp")
-    accounts = PyjabberAccounts(base / "pyjabber.db", DOMAIN)
-    passwords = {}
-    for name, role in (("agg-1", Role.AGGREGATOR), ("box-a", Role.HOME)):
-        issue_credentials(fleet, Identity(name, role, xmpp=f"{name}@{DOMAIN}"), base / name)
-        passwords[name] = new_password()
-        accounts.add_account(f"{name}@{DOMAIN}", passwords[name])
-    config = {
-        "domain": DOMAIN,
-        "listen": "127.0.0.1",
-        "port": 0,
-        "credentials": str(base / "xmpp"),
-        "database": str(base / "pyjabber.db"),
-        "security_log": str(base / "xmpp.log"),
-    }
-    (base / "xmpp.yaml").write_text(yaml.safe_dump(config))
-    return passwords
+    return xmpp_fleet(base, [("agg-1", Role.AGGREGATOR), ("box-a", Role.HOME)])
 
 
 def main() -> None:

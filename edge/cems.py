@@ -30,7 +30,7 @@ from homeflex.agents.messages import (
     PPlan,
     Prices,
 )
-from homeflex.agents.node import Outgoing
+from homeflex.agents.node import Outgoing, Reporting
 from homeflex.edge.planner.flexibility import envelope
 from homeflex.edge.planner.inputs import FlexOrder as PlannedOrder
 from homeflex.edge.planner.inputs import PlanInputs
@@ -50,7 +50,7 @@ class Answered:
 
 
 @dataclass
-class HomeBrain:
+class HomeBrain(Reporting):
     name: str
     aggregator: str
     make_inputs: Callable[[Prices, list[PlannedOrder]], PlanInputs]
@@ -75,17 +75,9 @@ class HomeBrain:
             return Ack(status="refused", detail=f"the planner found no plan: {exc}"), []
         return Ack(status="refused", detail=f"a home takes no {type(message).__name__}"), []
 
-    def on_delivered(self, key: str, ack: Ack, now: float) -> list[Outgoing]:
-        if ack.status != "ok":
-            log.warning("%s: the aggregator refused %s: %s", self.name, key, ack.detail)
-        return []
-
     def on_failed(self, key: str, now: float) -> list[Outgoing]:
         log.warning("%s: %s never reached the aggregator; the home keeps its own plan", self.name,
                     key)  # fmt: skip
-        return []
-
-    def on_tick(self, now: float) -> list[Outgoing]:
         return []
 
     # --- prices: P-plan and offer ------------------------------------------------------------

@@ -33,7 +33,7 @@ from homeflex.agents.messages import (
     PPlan,
     Prices,
 )
-from homeflex.agents.node import Outgoing
+from homeflex.agents.node import Outgoing, Reporting
 from homeflex.agents.rounds import Round, RoundStore
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Flex:
     orders: dict[str, dict[str, FlexOrder]] = field(default_factory=dict)  # DSO order → home
 
 
-class AggregatorBrain:
+class AggregatorBrain(Reporting):
     def __init__(
         self,
         name: str,
@@ -148,15 +148,6 @@ class AggregatorBrain:
             homes=len(r.plans),
         )
         return Outgoing(self.dso, msg, key=f"prognosis:{r.id}")
-
-    def on_delivered(self, key: str, ack: Ack, now: float) -> list[Outgoing]:
-        if ack.status != "ok":
-            log.warning("%s: %s refused: %s", self.name, key, ack.detail)
-        return []
-
-    def on_failed(self, key: str, now: float) -> list[Outgoing]:
-        log.error("%s: %s was never acknowledged", self.name, key)
-        return []
 
     # --- Validate: offer and orders ----------------------------------------------------------
 

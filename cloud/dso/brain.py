@@ -29,7 +29,7 @@ from homeflex.agents.messages import (
     FlexRequest,
     Payload,
 )
-from homeflex.agents.node import Outgoing
+from homeflex.agents.node import Outgoing, Reporting
 from homeflex.cloud.market import dso as market
 from homeflex.cloud.market import objects as mo
 
@@ -75,7 +75,7 @@ class Check:
         return before if self.procurement is None else self.procurement.apply(before)
 
 
-class DsoBrain:
+class DsoBrain(Reporting):
     def __init__(
         self,
         name: str,
@@ -141,15 +141,6 @@ class DsoBrain:
         if set(check.offers) == set(check.point.aggregators):
             return Ack(status="ok"), self._buy(check)
         return Ack(status="ok"), []
-
-    def on_delivered(self, key: str, ack: Ack, now: float) -> list[Outgoing]:
-        if ack.status != "ok":
-            log.warning("%s: %s refused: %s", self.name, key, ack.detail)
-        return []
-
-    def on_failed(self, key: str, now: float) -> list[Outgoing]:
-        log.error("%s: %s was never acknowledged", self.name, key)
-        return []
 
     def on_tick(self, now: float) -> list[Outgoing]:
         out: list[Outgoing] = []
