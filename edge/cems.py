@@ -29,6 +29,7 @@ from homeflex.agents.messages import (
     Payload,
     PPlan,
     Prices,
+    Settlement,
 )
 from homeflex.agents.node import Outgoing, Reporting
 from homeflex.edge.planner.flexibility import envelope
@@ -58,6 +59,7 @@ class HomeBrain(Reporting):
     margin_eur_kwh: float = 0.02
     orders: dict[str, list[PlannedOrder]] = field(default_factory=dict)  # order id → per PTU
     answered: dict[str, Answered] = field(default_factory=dict)  # round id →
+    settlements: dict[str, Settlement] = field(default_factory=dict)  # order id → what it earned
 
     def binding(self) -> list[PlannedOrder]:
         """Every order kept, as the planner's bounds (the gateway plans with these too)."""
@@ -71,6 +73,9 @@ class HomeBrain(Reporting):
                 return self._prices(message)
             if isinstance(message, FlexOrder):
                 return self._order(message)
+            if isinstance(message, Settlement):
+                self.settlements[message.order] = message  # the same one again: the same
+                return Ack(status="ok"), []
         except NoPlan as exc:
             return Ack(status="refused", detail=f"the planner found no plan: {exc}"), []
         return Ack(status="refused", detail=f"a home takes no {type(message).__name__}"), []

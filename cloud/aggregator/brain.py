@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -32,9 +32,12 @@ from homeflex.agents.messages import (
     Payload,
     PPlan,
     Prices,
+    Settlement,
 )
 from homeflex.agents.node import Outgoing, Reporting
 from homeflex.agents.rounds import Round, RoundStore
+from homeflex.cloud.market import objects as mo
+from homeflex.cloud.market.settlement import Ledger, settle
 
 log = logging.getLogger(__name__)
 PRICE_STEP = 0.01  # €/kWh: tiers are home prices rounded up to this
@@ -55,6 +58,7 @@ class Flex:
     # tier (price, divisible) → PTU → the homes' blocks in it: (home price, home, kW)
     tiers: dict[tuple[float, bool], dict[int, list[tuple[float, str, float]]]]
     orders: dict[str, dict[str, FlexOrder]] = field(default_factory=dict)  # DSO order → home
+    baselines: dict[str, list[float]] = field(default_factory=dict)  # home → P-plan, kW per PTU
 
 
 class AggregatorBrain(Reporting):
@@ -139,6 +143,57 @@ class AggregatorBrain(Reporting):
                 out.append(self._prognosis(r))
         return out
 
+    # --- Settle ------------------------------------------------------------------------------
+
+    def settle(
+        self,
+        day: date,
+        metered_kwh: Mapping[str, Mapping[int, float]],
+        ledger: Ledger,
+        penalty_eur_kwh: float,
+    ) -> list[Outgoing]:
+        """Each home order of `day` measured against the home's P-plan before the order, from
+        its metered PTU energies (kWh): paid for what was delivered at the order's price,
+        penalised for the rest; the record goes into the ledger and to the home. An order whose
+        home has no meter reading for an ordered PTU waits for the next call (nothing is paid
+        without proof); one settled before is not settled again."""
+        settled = {e.data()["order"] for e in ledger.entries() if e.kind == "settlement"}
+        out = []
+        for flex in self.flex.values():
+            if flex.request.day != day:
+                continue
+            for per_home in flex.orders.values():
+                for home, order in sorted(per_home.items()):
+                    if order.id in settled:
+                        continue
+                    base = flex.baselines[home]
+                    try:
+                        record = settle(
+                            order=order.id,
+                            participant=home,
+                            awarded_kw=order.profile_kw,
+                            baseline_kw={t: base[t] for t in order.profile_kw},
+                            metered_kwh=metered_kwh.get(home, {}),
+                            price=order.price,
+                            penalty_rate=penalty_eur_kwh,
+                            direction=mo.Direction(order.direction.value),
+                        )
+                    except ValueError as exc:
+                        log.warning("%s: %s not settled yet: %s", self.name, order.id, exc)
+                        continue
+                    ledger.record(record)
+                    settled.add(order.id)
+                    msg = Settlement(
+                        order=order.id,
+                        day=day,
+                        delivered_kwh=record.delivered_kwh,
+                        shortfall_kwh=record.shortfall_kwh,
+                        payment_eur=record.payment_eur,
+                        penalty_eur=record.penalty_eur,
+                    )
+                    out.append(Outgoing(home, msg, key=f"settlement:{order.id}"))
+        return out
+
     def _prognosis(self, r: Round) -> Outgoing:
         msg = DPrognosis(
             round=r.id,
@@ -217,6 +272,9 @@ class AggregatorBrain(Reporting):
             for n, (home, profile) in enumerate(sorted(per_home.items()))
         }
         flex.orders[order.id] = home_orders
+        for home in home_orders:  # the P-plan the order is measured against, before any re-plan
+            plan = answers.plans[home]
+            flex.baselines.setdefault(home, [0.0] * plan.first_ptu + list(plan.net_kw))
         out = [Outgoing(h, o, key=f"order:{o.id}") for h, o in sorted(home_orders.items())]
         return Ack(status="ok"), out
 

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from homeflex.agents.messages import FlexOffer, FlexOrder, PPlan, Prices
+from homeflex.agents.messages import FlexOffer, FlexOrder, PPlan, Prices, Settlement
 from homeflex.edge.cems import HomeBrain
 from homeflex.edge.planner.flexibility import envelope
 from homeflex.edge.planner.inputs import FlexOrder as PlannedOrder
@@ -115,3 +115,13 @@ def test_an_order_it_can_keep_is_kept_and_one_it_cannot_is_refused() -> None:
 def test_only_its_aggregator_is_heard() -> None:
     ack, out = brain().on_message("agr-2", prices(), 0.0)
     assert ack.status == "refused" and "not this home's aggregator" in ack.detail and out == []
+
+
+def test_a_settlement_is_kept_once() -> None:
+    b = brain()
+    paid = Settlement(order="o-1", day=DAY, delivered_kwh=0.5, shortfall_kwh=0.0,
+                      payment_eur=0.06, penalty_eur=0.0)  # fmt: skip
+    for _ in range(2):  # the second time: its ack was lost
+        ack, out = b.on_message("agr-1", paid, 5.0)
+        assert (ack.status, out) == ("ok", [])
+    assert b.settlements == {"o-1": paid}

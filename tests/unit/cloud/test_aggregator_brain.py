@@ -19,11 +19,13 @@ from homeflex.agents.messages import (
     Payload,
     PPlan,
     Prices,
+    Settlement,
 )
 from homeflex.agents.node import Outgoing
 from homeflex.agents.rounds import RoundStore
 from homeflex.cloud.aggregator.brain import AggregatorBrain, DayPrices
 from homeflex.cloud.dso.brain import CongestionPoint, DsoBrain
+from homeflex.cloud.market.settlement import Ledger
 
 DAY = date(2026, 1, 15)
 T0 = 1_768_000_000.0
@@ -161,3 +163,40 @@ def test_a_restarted_aggregator_resumes_its_open_round(tmp_path: Path) -> None:
     assert again.open_round(DAY, T0 + 2) == []  # not asked twice
     ack, _ = again.on_message("home-3", home_plan(3, rid), T0 + 3)
     assert ack.status == "ok" and "taken" in ack.detail
+
+
+def test_the_day_is_settled_against_the_plans_before_the_orders(tmp_path: Path) -> None:
+    n = Neighbourhood(RoundStore(tmp_path / "rounds.db"))
+    n.route(n.agg.open_round(DAY, T0), T0)
+    rid = n.agg.round_id(DAY)
+    for k, home in enumerate(HOMES):
+        n.agg.on_message(home, home_plan(k, rid), T0 + 1)
+        n.agg.on_message(home, home_offer(k, rid), T0 + 1)
+    n.route(n.agg.on_tick(T0 + 2), T0 + 2)
+    orders = {o.to: o.message for o in n.to_homes if isinstance(o.message, FlexOrder)}
+    assert sorted(orders) == HOMES[:4]  # 0.5 kW each in every peak PTU, as above
+    ledger = Ledger(tmp_path / "ledger.db")
+
+    def metered(given_kw: float) -> dict[int, float]:
+        """kWh per PTU of a home that took `given_kw` less than planned in the peak."""
+        return {t: ((3.2 - given_kw) if t in PEAK else 2.0) * 0.25 for t in range(96)}
+
+    readings = {"home-0": metered(0.5), "home-1": metered(0.25), "home-2": metered(0.0)}
+    out = n.agg.settle(DAY, readings, ledger, penalty_eur_kwh=0.30)
+    paid = {o.to: o.message for o in out}
+    assert sorted(paid) == HOMES[:3]  # home-3 has no meter readings yet: not settled
+    kwh = 0.5 * 0.25 * len(PEAK)  # what each order asked: 1 kWh
+    for home, delivered in (("home-0", kwh), ("home-1", kwh / 2), ("home-2", 0.0)):
+        msg = paid[home]
+        price = orders[home].price  # type: ignore[attr-defined]
+        assert isinstance(msg, Settlement) and msg.order == orders[home].id  # type: ignore[attr-defined]
+        assert msg.delivered_kwh == pytest.approx(delivered)
+        assert msg.shortfall_kwh == pytest.approx(kwh - delivered)
+        assert msg.payment_eur == pytest.approx(delivered * price)
+        assert msg.penalty_eur == pytest.approx((kwh - delivered) * 0.30)
+    # later the readings of home-3 arrive: only its order is settled; then nothing more
+    readings["home-3"] = metered(0.5)
+    (late,) = n.agg.settle(DAY, readings, ledger, penalty_eur_kwh=0.30)
+    assert late.to == "home-3" and late.key == f"settlement:{orders['home-3'].id}"  # type: ignore[attr-defined]
+    assert n.agg.settle(DAY, readings, ledger, penalty_eur_kwh=0.30) == []
+    assert len(ledger.entries()) == 4 and ledger.verify() == []
