@@ -306,6 +306,7 @@ from homeflex.cloud.events.command import events_cmd as _cloud_events  # noqa: E
 from homeflex.cloud.history.command import history as _cloud_history  # noqa: E402
 from homeflex.cloud.market.command import market as _cloud_market  # noqa: E402
 from homeflex.cloud.mqtt.command import mqtt as _cloud_mqtt  # noqa: E402
+from homeflex.cloud.run import run_cmd as _cloud_run  # noqa: E402
 from homeflex.cloud.xmpp.command import xmpp as _cloud_xmpp  # noqa: E402
 from homeflex.edge.enroll import enroll_cmd as _edge_enroll  # noqa: E402
 from homeflex.pki.cli import add_commands as _pki_commands  # noqa: E402
@@ -316,6 +317,7 @@ cloud.add_command(_cloud_enroll)
 cloud.add_command(_cloud_events)
 cloud.add_command(_cloud_history)
 cloud.add_command(_cloud_market)
+cloud.add_command(_cloud_run)
 edge.add_command(_edge_enroll)
 _pki_commands(pki)
 

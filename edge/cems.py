@@ -58,6 +58,7 @@ class HomeBrain(Reporting):
     offer_ptus: list[int]
     margin_eur_kwh: float = 0.02
     orders: dict[str, list[PlannedOrder]] = field(default_factory=dict)  # order id → per PTU
+    accepted: dict[str, FlexOrder] = field(default_factory=dict)  # order id → as received
     answered: dict[str, Answered] = field(default_factory=dict)  # round id →
     settlements: dict[str, Settlement] = field(default_factory=dict)  # order id → what it earned
 
@@ -152,6 +153,7 @@ class HomeBrain(Reporting):
             why = "; ".join(f"{r.id}: {r.reason}" for r in missed)
             return Ack(status="refused", detail=f"cannot deliver: {why}"), []
         self.orders[order.id] = planned
+        self.accepted[order.id] = order
         a.plan = plan
         a.revision += 1
         return Ack(status="ok"), [self._plan_message(order.round)]

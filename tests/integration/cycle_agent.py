@@ -104,6 +104,11 @@ def summary(node: Node, brain: Any) -> dict[str, Any]:
         }
     elif isinstance(brain, HomeBrain):
         out["orders"] = {k: [p.max_net_w for p in v] for k, v in brain.orders.items()}
+        ordered: dict[int, float] = {}
+        for order in brain.accepted.values():
+            for t, kw in order.profile_kw.items():
+                ordered[t] = ordered.get(t, 0.0) + kw
+        out["ordered_kw"] = ordered
         out["rounds"] = sorted(brain.answered)
     return out
 

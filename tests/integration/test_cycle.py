@@ -167,3 +167,93 @@ def test_the_cycle_over_xmpp_leaves_no_ptu_over_the_limit(
     assert all(results[k]["failed"] == 0 for k in results)
     if late is not None:  # the late home was heard: its plan is in the D-prognosis's sum
         assert results[late]["rounds"] and check["before_max_kw"] == pytest.approx(peak_kw, 1e-3)
+
+
+def test_the_platform_command_runs_the_aggregator_and_the_dso(tmp_path: Path, creds: Any) -> None:
+    """`homeflex cloud run` as the aggregator and the DSO (one process, from its configuration
+    file), the four homes as above: the homes end up holding orders for the kW over the limit
+    at the peak."""
+    peak_kw, peak_ptu = planned_peak_kw()
+    ids = {
+        "dso": Identity("run-dso", Role.DSO, xmpp=jid("run-dso")),
+        "agg": Identity("run-agr", Role.AGGREGATOR, xmpp=jid("run-agr")),
+        **{h: Identity(f"run-{h}", Role.HOME, xmpp=jid(f"run-{h}")) for h in EVENING_KW},
+    }
+    parties = {k: Party(creds(i), new_password()) for k, i in ids.items()}
+    for key in ("agg", "dso"):
+        secret = parties[key].creds.dir / "xmpp-password"
+        secret.write_text(parties[key].password)
+        secret.chmod(0o600)
+    homes = {f"run-{h}": cert(parties[h]) for h in EVENING_KW}
+    with embedded_server(tmp_path / "xmpp", creds(SERVICE), parties) as server:
+        config = {
+            "xmpp": {"domain": TEST_DOMAIN, "address": "127.0.0.1", "port": server.port},
+            "state_dir": str(tmp_path / "state"),
+            "aggregators": [{
+                "credentials": str(parties["agg"].creds.dir),
+                "password_file": str(parties["agg"].creds.dir / "xmpp-password"),
+                "congestion_point": "trafo-1",
+                "dso": {"name": "run-dso", "certificate": cert(parties["dso"])},
+                "homes": homes,
+                "prices": {"import_eur_kwh": 0.28, "export_eur_kwh": 0.05},
+                "answer_window_s": 60,
+            }],
+            "dso": {
+                "credentials": str(parties["dso"].creds.dir),
+                "password_file": str(parties["dso"].creds.dir / "xmpp-password"),
+                "max_price": 0.5,
+                "points": [{"name": "trafo-1", "limit_kw": peak_kw - 1.0,
+                            "aggregators": {"run-agr": cert(parties["agg"])}}],
+            },
+        }  # fmt: skip
+        (tmp_path / "agents.yaml").write_text(json.dumps(config))
+        common = ["--address", "127.0.0.1", "--port", str(server.port), "--domain", TEST_DOMAIN]
+        procs = {
+            h: subprocess.Popen(
+                [
+                    sys.executable,
+                    AGENT,
+                    "--creds",
+                    str(parties[h].creds.dir),
+                    *common,
+                    "--aggregator",
+                    "run-agr",
+                    "--peer",
+                    cert(parties["agg"]),
+                    "--evening-kw",
+                    str(kw),
+                    "home",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=(tmp_path / f"{h}.log").open("wb"),
+                env={**os.environ, "XMPP_PASSWORD": parties[h].password},
+            )
+            for h, kw in EVENING_KW.items()
+        }
+        time.sleep(3.0)  # the homes are online
+        procs["platform"] = subprocess.Popen(
+            [sys.executable, "-m", "homeflex.cli", "cloud", "run", "--config",
+             str(tmp_path / "agents.yaml"), "--open", DAY.isoformat()],
+            stdout=subprocess.PIPE, stderr=(tmp_path / "platform.log").open("wb"),
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                held = sum((status(parties[h]) or {}).get("ordered_kw", {}).get(str(peak_ptu), 0.0)
+                           for h in EVENING_KW)  # fmt: skip
+                if held >= 1.0 - 1e-6:
+                    break
+                dead = [k for k, p in procs.items() if p.poll() is not None]
+                assert not dead, f"{dead} stopped: {(tmp_path / f'{dead[0]}.log').read_text()}"
+                time.sleep(0.5)
+        finally:
+            for p in procs.values():
+                p.send_signal(signal.SIGTERM)
+            for p in procs.values():
+                p.communicate(timeout=30)
+    log = (tmp_path / "platform.log").read_text()
+    assert held >= 1.0 - 1e-6, log[-3000:]
+    assert procs["platform"].returncode == 0, log[-3000:]
+    # the platform kept its state where its configuration says
+    assert (tmp_path / "state" / "run-agr" / "rounds.db").exists()
+    assert (tmp_path / "state" / "run-dso" / "deliveries.db").exists()
