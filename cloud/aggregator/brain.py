@@ -54,11 +54,16 @@ class Flex:
     """A DSO request for one day and what became of it."""
 
     request: FlexRequest
+    answers: Round  # the closed round the offer was built from
     offer: FlexOffer
     # tier (price, divisible) → PTU → the homes' blocks in it: (home price, home, kW)
     tiers: dict[tuple[float, bool], dict[int, list[tuple[float, str, float]]]]
+    tier_ids: dict[str, tuple[float, bool]] = field(init=False)  # the offer's, as orders name them
     orders: dict[str, dict[str, FlexOrder]] = field(default_factory=dict)  # DSO order → home
     baselines: dict[str, list[float]] = field(default_factory=dict)  # home → P-plan, kW per PTU
+
+    def __post_init__(self) -> None:
+        self.tier_ids = self.offer.tiers()
 
 
 class AggregatorBrain(Reporting):
@@ -234,18 +239,21 @@ class AggregatorBrain(Reporting):
         offer = FlexOffer(
             round=req.round, id=f"{self.name}.{req.id}", day=req.day, request=req.id, blocks=blocks
         )
-        self.flex[req.id] = Flex(req, offer, tiers)
+        self.flex[req.id] = Flex(req, answers, offer, tiers)
         return Ack(status="ok"), [Outgoing(self.dso, offer, key=f"offer:{req.id}")]
 
     def _order(self, order: FlexOrder) -> tuple[Ack, list[Outgoing]]:
-        flex = next((f for f in self.flex.values() if order.offer in f.offer.tiers()), None)
+        flex = next((f for f in self.flex.values() if order.offer in f.tier_ids), None)
         if flex is None:
             return Ack(status="refused", detail=f"no offer tier {order.offer!r} here"), []
+        tier = flex.tier_ids[order.offer]
         if order.id in flex.orders:
             return Ack(status="ok", detail="taken before"), []
-        tier = flex.offer.tiers()[order.offer]
-        if not _fits(flex, tier, order) or order.price < tier[0]:
-            detail = f"the order for {order.offer} asks more than the tier holds, or pays less"
+        if order.price < tier[0]:
+            detail = f"{order.offer} is offered at {tier[0]} €/kWh; the order pays {order.price}"
+            return Ack(status="refused", detail=detail), []
+        if not _fits(flex, tier, order):
+            detail = f"the order asks more kW in some PTU than tier {order.offer} holds"
             return Ack(status="refused", detail=detail), []
         divisible = tier[1]
         per_home: dict[str, dict[int, float]] = {}
@@ -257,8 +265,7 @@ class AggregatorBrain(Reporting):
                     mine = per_home.setdefault(home, {})
                     mine[ptu] = mine.get(ptu, 0.0) + take
                     left -= take
-        answers = self.store.load(order.round)
-        assert answers is not None  # the offer was built from this round's answers
+        answers = flex.answers
         home_orders = {
             home: FlexOrder(
                 round=order.round,

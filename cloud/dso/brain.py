@@ -51,7 +51,6 @@ class Check:
 
     point: CongestionPoint
     day: date
-    round: str
     started: float
     prognoses: dict[str, DPrognosis] = field(default_factory=dict)
     request: mo.FlexRequest | None = None
@@ -120,7 +119,7 @@ class DsoBrain(Reporting):
             # a first D-prognosis, or a new one after a decided check: the aggregator planned
             # again (its homes holding what was sold), so the point is validated again
             later = 0 if check is None else check.generation + 1
-            check = Check(point, p.day, p.round, started=now, generation=later)
+            check = Check(point, p.day, started=now, generation=later)
             self.checks.append(check)
         check.prognoses[sender] = p
         if set(check.prognoses) == set(point.aggregators):
@@ -187,20 +186,19 @@ class DsoBrain(Reporting):
             return []
         check.request = request
         check.answer_by = now + self.offer_window_s
-        msg = FlexRequest(
-            round=check.round,
-            id=request.id,
-            day=check.day,
-            congestion_point=point.name,
-            profile_kw=request.profile_kw,
-            max_price=request.max_price,
-            answer_by=check.answer_by,
-        )
         # each aggregator that reported is asked in its own round; a silent one is not
         return [
             Outgoing(
                 agg,
-                msg.model_copy(update={"round": p.round}),
+                FlexRequest(
+                    round=p.round,
+                    id=request.id,
+                    day=check.day,
+                    congestion_point=point.name,
+                    profile_kw=request.profile_kw,
+                    max_price=request.max_price,
+                    answer_by=check.answer_by,
+                ),
                 key=f"request:{request.id}:{agg}",
             )
             for agg, p in sorted(check.prognoses.items())

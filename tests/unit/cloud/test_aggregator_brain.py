@@ -149,6 +149,15 @@ def test_plan_and_validate_meet_the_request_from_the_cheapest_homes(tmp_path: Pa
     assert dso_orders and all(o.message.offer in tiers for o in dso_orders)  # type: ignore[attr-defined]
     ack, more = n.agg.on_message("dso-1", dso_orders[0].message, T0 + 200)
     assert (ack.status, more) == ("ok", [])
+    # an order below the tier's price, or for more than the tier holds, is refused saying which
+    order = dso_orders[0].message
+    assert isinstance(order, FlexOrder)
+    cheap = order.model_copy(update={"id": "cheap", "price": 0.0})
+    ack, more = n.agg.on_message("dso-1", cheap, T0 + 201)
+    assert (ack.status, more) == ("refused", []) and "the order pays 0.0" in ack.detail
+    big = order.model_copy(update={"id": "big", "profile_kw": dict.fromkeys(PEAK, 50.0)})
+    ack, more = n.agg.on_message("dso-1", big, T0 + 202)
+    assert (ack.status, more) == ("refused", []) and "asks more kW" in ack.detail
 
 
 def test_a_restarted_aggregator_resumes_its_open_round(tmp_path: Path) -> None:
