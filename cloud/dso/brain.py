@@ -12,11 +12,20 @@ left out, logged, when there is none. Offers are awaited until the request's `an
 the procurement runs with those that came. A D-prognosis or offer received again (its ack was
 lost) is acknowledged and changes nothing; a newer one replaces the old before the check or the
 purchase. The DSO sees only sums per aggregator: no message it takes names a home.
+
+Settle (`settle`, after the day): each order is measured against the D-prognosis of its
+aggregator that the purchase was made on (kept with the order: a later validation's prognoses,
+which hold what was sold, do not replace it; several orders of one aggregator in a PTU are
+stacked, cheapest first, see `_keep_baselines`), from the metered energy of the aggregator's
+homes at the point, summed (kWh per PTU); paid at the order's price for what was delivered,
+penalised for the rest (cloud/market/settlement.py), recorded once in the ledger and sent to the
+aggregator. The DSO's ledger names aggregators only.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -28,10 +37,12 @@ from homeflex.agents.messages import (
     FlexOrder,
     FlexRequest,
     Payload,
+    Settlement,
 )
 from homeflex.agents.node import Outgoing, Reporting
 from homeflex.cloud.market import dso as market
 from homeflex.cloud.market import objects as mo
+from homeflex.cloud.market.settlement import Ledger, settle
 
 log = logging.getLogger(__name__)
 PTUS = 96
@@ -74,6 +85,16 @@ class Check:
         return before if self.procurement is None else self.procurement.apply(before)
 
 
+@dataclass(frozen=True)
+class Placed:
+    """An order the DSO placed, with what it is settled against: the D-prognosis of its
+    aggregator the purchase was made on, kW per PTU of the day."""
+
+    aggregator: str
+    order: FlexOrder
+    baseline_kw: dict[int, float]
+
+
 class DsoBrain(Reporting):
     def __init__(
         self,
@@ -92,6 +113,7 @@ class DsoBrain(Reporting):
         self.offer_window_s = offer_window_s
         self.period_h = period_h
         self.checks: list[Check] = []  # in the order they began
+        self.placed: dict[str, Placed] = {}  # order id → the order and its baseline
 
     def check(self, point: str, day: date) -> Check | None:
         """The latest validation of `point` on `day`."""
@@ -211,6 +233,7 @@ class DsoBrain(Reporting):
         check.procurement = got
         check.safe = got.met
         out = []
+        placed: list[tuple[str, FlexOrder]] = []
         for order in got.orders():
             source = got.offers[order.offer]
             msg = FlexOrder(
@@ -223,6 +246,83 @@ class DsoBrain(Reporting):
                 price=order.price,
             )
             out.append(Outgoing(order.participant, msg, key=f"order:{order.id}"))
+            placed.append((order.participant, msg))
+        self._keep_baselines(check, placed)
+        return out
+
+    def _keep_baselines(self, check: Check, orders: list[tuple[str, FlexOrder]]) -> None:
+        """Each order's baseline: its aggregator's D-prognosis the purchase was made on, less
+        what the aggregator's cheaper orders of the same purchase ask in the same PTU. The
+        meters sum the aggregator's homes and cannot tell which order a kW was delivered for;
+        stacked so, each kW counts for one order only, the cheapest first. (An order of a later
+        validation is stacked on its own prognosis, which already holds the earlier orders.)
+        Kept once: an order placed again keeps its first baseline."""
+        below: dict[str, dict[int, float]] = {}  # aggregator → PTU → kW its cheaper orders ask
+        for agg, msg in sorted(orders, key=lambda x: (x[1].price, x[1].id)):
+            prognosis = check.prognoses[agg]
+            sign = 1.0 if msg.direction == Direction.UP else -1.0
+            mine = below.setdefault(agg, {})
+            baseline = {
+                prognosis.first_ptu + n: kw - sign * mine.get(prognosis.first_ptu + n, 0.0)
+                for n, kw in enumerate(prognosis.net_kw)
+            }
+            for t, kw in msg.profile_kw.items():
+                mine[t] = mine.get(t, 0.0) + kw
+            self.placed.setdefault(msg.id, Placed(agg, msg, baseline))
+
+    # --- settle ----------------------------------------------------------------------------
+
+    def settle(
+        self,
+        day: date,
+        metered_kwh: Mapping[str, Mapping[int, float]],
+        ledger: Ledger,
+        penalty_eur_kwh: float,
+    ) -> list[Outgoing]:
+        """Each order placed for `day` measured against its baseline (module docstring) from
+        `metered_kwh`: per aggregator, the metered kWh of its homes at the point per PTU. An
+        order without a meter reading for every ordered PTU waits for the next call (nothing is
+        paid without proof); one the ledger holds is not settled again. Returns a Settlement
+        per order settled now, to its aggregator."""
+        aggregators = set().union(*(p.aggregators for p in self.points.values()))
+        strangers = sorted(set(metered_kwh) - aggregators)
+        if strangers:
+            raise ValueError(
+                f"metered_kwh names {', '.join(strangers)}, not an aggregator of {self.name}: "
+                "give the sum of each aggregator's homes per PTU; the DSO takes no home's meter"
+            )
+        settled = {e.data()["order"] for e in ledger.entries() if e.kind == "settlement"}
+        out = []
+        for oid, placed in sorted(self.placed.items()):
+            order = placed.order
+            if order.day != day or oid in settled:
+                continue
+            try:
+                record = settle(
+                    order=oid,
+                    participant=placed.aggregator,
+                    awarded_kw=order.profile_kw,
+                    baseline_kw=placed.baseline_kw,
+                    metered_kwh=metered_kwh.get(placed.aggregator, {}),
+                    price=order.price,
+                    penalty_rate=penalty_eur_kwh,
+                    direction=mo.Direction(order.direction.value),
+                    period_h=self.period_h,
+                )
+            except ValueError as exc:
+                log.warning("%s: %s not settled yet: %s", self.name, oid, exc)
+                continue
+            ledger.record(record)
+            settled.add(oid)
+            msg = Settlement(
+                order=oid,
+                day=day,
+                delivered_kwh=record.delivered_kwh,
+                shortfall_kwh=record.shortfall_kwh,
+                payment_eur=record.payment_eur,
+                penalty_eur=record.penalty_eur,
+            )
+            out.append(Outgoing(placed.aggregator, msg, key=f"settlement:{oid}"))
         return out
 
 

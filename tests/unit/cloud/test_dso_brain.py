@@ -1,11 +1,13 @@
 """The DSO's brain on seed 004's worked example (150 homes in three aggregators, a 300 kW
 D-prognosis peak at 20:00 against a 280 kW transformer): the request is the excess, asked of
 every aggregator; their offers bought at least cost; no PTU over the limit after the orders;
-answers taken once; a silent aggregator does not block the check."""
+answers taken once; a silent aggregator does not block the check. Settle: each order against
+the D-prognosis it was bought on, from the aggregators' summed meters, once, never a home's."""
 
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +19,12 @@ from homeflex.agents.messages import (
     FlexOrder,
     FlexRequest,
     OfferBlock,
+    Settlement,
 )
 from homeflex.cloud.dso.brain import CongestionPoint, DsoBrain
 from homeflex.cloud.market import objects as mo
 from homeflex.cloud.market.dso import congestion_request, procure
+from homeflex.cloud.market.settlement import Ledger
 from tests.unit.market.test_dso import (
     AGGREGATORS,
     HOMES_PER_AGR,
@@ -150,3 +154,134 @@ def test_a_silent_aggregator_does_not_block_the_check_and_its_last_load_stands_i
     # the two that reported are asked, each in its own round; the silent one is not
     assert sorted(o.to for o in out) == ["agr-a", "agr-b"]
     assert {getattr(o.message, "round", None) for o in out} == {"agr-a.d1", "agr-b.d1"}
+
+
+# --- Settle ------------------------------------------------------------------------------------
+
+SETTLE_PTUS = (80, 81)  # 20:00-20:30
+
+
+def two_aggregators() -> tuple[DsoBrain, dict[str, FlexOrder]]:
+    """A 30 kW point with agr-1 (18 kW) and agr-2 (14 kW) in PTUs 80-81: 2 kW over. agr-1
+    offers 1.5 kW at 0.10 €/kWh, agr-2 2 kW at 0.15: the DSO orders 1.5 kW of agr-1 and
+    0.5 kW of agr-2 in each PTU. Then both plan again holding what they sold (16.5 and
+    13.5 kW): the point is validated again, safe, and the orders stay as they were bought."""
+    point = CongestionPoint("trafo-1", 30.0, frozenset({"agr-1", "agr-2"}))
+    dso = DsoBrain("dso-1", [point], max_price=0.25)
+
+    def prognosis(agr: str, peak_kw: float, rnd: str) -> DPrognosis:
+        net = [peak_kw if t in SETTLE_PTUS else 5.0 for t in range(96)]
+        return DPrognosis(round=rnd, day=DAY, congestion_point="trafo-1", net_kw=net, homes=5)
+
+    out = []
+    for agr, kw in (("agr-1", 18.0), ("agr-2", 14.0)):
+        ack, more = dso.on_message(agr, prognosis(agr, kw, f"{agr}.r0"), T0)
+        assert ack.status == "ok"
+        out += more
+    request = out[0].message
+    assert isinstance(request, FlexRequest) and request.profile_kw == {80: 2.0, 81: 2.0}
+    orders: dict[str, FlexOrder] = {}
+    for agr, kw, price in (("agr-1", 1.5, 0.10), ("agr-2", 2.0, 0.15)):
+        blocks = [OfferBlock(ptu=t, direction="up", kw=kw, price=price) for t in SETTLE_PTUS]
+        offer = FlexOffer(round=f"{agr}.r0", id=f"{agr}.o", day=DAY, request=request.id,
+                          blocks=blocks)  # fmt: skip
+        ack, more = dso.on_message(agr, offer, T0 + 5)
+        assert ack.status == "ok"
+        orders.update({o.to: o.message for o in more if isinstance(o.message, FlexOrder)})
+    assert orders["agr-1"].profile_kw == pytest.approx({80: 1.5, 81: 1.5})
+    assert orders["agr-2"].profile_kw == pytest.approx({80: 0.5, 81: 0.5})
+    for agr, kw in (("agr-1", 16.5), ("agr-2", 13.5)):
+        ack, more = dso.on_message(agr, prognosis(agr, kw, f"{agr}.r1"), T0 + 50)
+        assert ack.status == "ok" and more == []
+    again = dso.check("trafo-1", DAY)
+    assert again is not None and again.generation == 1 and again.safe is True
+    return dso, orders
+
+
+def meter(peak_kw: dict[int, float]) -> dict[int, float]:
+    """An aggregator's homes' metered kWh per PTU: `peak_kw` in the peak, 5 kW elsewhere."""
+    return {t: peak_kw.get(t, 5.0) * 0.25 for t in range(96)}
+
+
+def test_the_dso_settles_each_order_against_the_prognosis_it_bought_on(tmp_path: Path) -> None:
+    dso, orders = two_aggregators()
+    ledger = Ledger(tmp_path / "dso-ledger.db")
+    # agr-1 gave its 1.5 kW at 20:00 and only 0.75 kW at 20:15 (against its 18 kW, not the
+    # 16.5 kW of its later plan, which already holds the order); agr-2's meters are not in yet
+    metered = {"agr-1": meter({80: 16.5, 81: 17.25})}
+    out = dso.settle(DAY, metered, ledger, penalty_eur_kwh=0.40)
+    (paid,) = out
+    msg = paid.message
+    assert paid.to == "agr-1" and paid.key == f"settlement:{orders['agr-1'].id}"
+    assert isinstance(msg, Settlement) and msg.order == orders["agr-1"].id and msg.day == DAY
+    assert msg.delivered_kwh == pytest.approx((1.5 + 0.75) * 0.25)  # 0.5625 kWh
+    assert msg.shortfall_kwh == pytest.approx(0.75 * 0.25)  # 0.1875 kWh
+    assert msg.payment_eur == pytest.approx(0.10 * 0.5625)  # 0.05625 €
+    assert msg.penalty_eur == pytest.approx(0.40 * 0.1875)  # 0.075 €
+
+    # agr-2's meters arrive (it gave more than ordered: paid for the order only); agr-1's
+    # order is not settled twice, also by a DSO restarted on the same ledger
+    metered["agr-2"] = meter({80: 13.0, 81: 13.5})
+    (late,) = dso.settle(DAY, metered, ledger, penalty_eur_kwh=0.40)
+    msg = late.message
+    assert late.to == "agr-2" and isinstance(msg, Settlement)
+    assert msg.delivered_kwh == pytest.approx(1.0 * 0.25) and msg.shortfall_kwh == 0.0
+    assert msg.payment_eur == pytest.approx(0.15 * 0.25) and msg.penalty_eur == 0.0
+    assert dso.settle(DAY, metered, ledger, penalty_eur_kwh=0.40) == []
+    assert dso.settle(DAY.replace(day=16), metered, ledger, penalty_eur_kwh=0.40) == []
+    records = [e.data() for e in ledger.entries()]
+    assert [(r["order"], r["participant"]) for r in records] == [
+        (orders["agr-1"].id, "agr-1"), (orders["agr-2"].id, "agr-2")
+    ]  # fmt: skip
+    assert [p["baseline_kw"] for p in records[0]["periods"]] == [18.0, 18.0]
+    assert ledger.verify() == []
+
+
+def test_an_order_waits_for_every_ordered_ptu_metered(tmp_path: Path) -> None:
+    dso, _ = two_aggregators()
+    ledger = Ledger(tmp_path / "dso-ledger.db")
+    partial = {"agr-1": {80: 16.5 * 0.25}, "agr-2": {}}  # 20:15 not metered yet
+    assert dso.settle(DAY, partial, ledger, penalty_eur_kwh=0.40) == []
+    assert ledger.entries() == []
+    full = {"agr-1": meter({80: 16.5, 81: 16.5}), "agr-2": meter({80: 13.5, 81: 13.5})}
+    out = dso.settle(DAY, full, ledger, penalty_eur_kwh=0.40)
+    assert sorted(o.to for o in out) == ["agr-1", "agr-2"]
+    assert sum(o.message.payment_eur for o in out) == pytest.approx(  # type: ignore[attr-defined]
+        (0.10 * 1.5 + 0.15 * 0.5) * 2 * 0.25
+    )
+
+
+def test_the_dso_takes_no_home_meter_and_its_ledger_names_no_home(tmp_path: Path) -> None:
+    dso, _ = two_aggregators()
+    ledger = Ledger(tmp_path / "dso-ledger.db")
+    with pytest.raises(ValueError, match="home-3, not an aggregator of dso-1"):
+        dso.settle(DAY, {"agr-1": meter({}), "home-3": meter({})}, ledger, 0.40)
+    assert ledger.entries() == []
+    dso.settle(DAY, {"agr-1": meter({}), "agr-2": meter({})}, ledger, 0.40)
+    assert {e.data()["participant"] for e in ledger.entries()} == {"agr-1", "agr-2"}
+
+
+def test_two_orders_of_one_aggregator_in_a_ptu_count_each_kw_once(tmp_path: Path) -> None:
+    """agr-1 holds two tiers ordered in the same PTUs (1 kW at 10 ct, 1 kW at 12 ct) and its
+    homes give 1.5 kW: the cheap order is delivered in full, the dear one by half."""
+    point = CongestionPoint("trafo-1", 30.0, frozenset({"agr-1"}))
+    dso = DsoBrain("dso-1", [point], max_price=0.25)
+    net = [32.0 if t in SETTLE_PTUS else 5.0 for t in range(96)]
+    prognosis = DPrognosis(round="r0", day=DAY, congestion_point="trafo-1", net_kw=net, homes=9)
+    (req,) = dso.on_message("agr-1", prognosis, T0)[1]
+    assert isinstance(req.message, FlexRequest)
+    blocks = [OfferBlock(ptu=t, direction="up", kw=1.0, price=p)
+              for t in SETTLE_PTUS for p in (0.10, 0.12)]  # fmt: skip
+    offer = FlexOffer(round="r0", id="agr-1.o", day=DAY, request=req.message.id, blocks=blocks)
+    _, placed = dso.on_message("agr-1", offer, T0 + 1)
+    orders = {o.message.price: o.message for o in placed if isinstance(o.message, FlexOrder)}
+    assert sorted(orders) == [0.10, 0.12]
+    ledger = Ledger(tmp_path / "dso-ledger.db")
+    out = dso.settle(DAY, {"agr-1": meter({80: 30.5, 81: 30.5})}, ledger, penalty_eur_kwh=0.40)
+    got = {o.message.order: o.message for o in out if isinstance(o.message, Settlement)}
+    cheap, dear = got[orders[0.10].id], got[orders[0.12].id]
+    assert cheap.delivered_kwh == pytest.approx(2 * 1.0 * 0.25) and cheap.penalty_eur == 0.0
+    assert dear.delivered_kwh == pytest.approx(2 * 0.5 * 0.25)
+    assert dear.payment_eur == pytest.approx(0.12 * 0.25)
+    assert dear.penalty_eur == pytest.approx(0.40 * 0.25)
+    assert cheap.delivered_kwh + dear.delivered_kwh == pytest.approx(2 * 1.5 * 0.25)
