@@ -1,4 +1,5 @@
-"""`homeflex cloud run`: the aggregator and DSO agents (cloud/platform.py) until a signal."""
+"""`homeflex cloud run`: the aggregator, DSO and forecaster agents (cloud/platform.py) until a
+signal."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from homeflex.configfile import ConfigError
 )
 @click.option("-v", "--verbose", is_flag=True)
 def run_cmd(config_path: Path, open_days: tuple[datetime, ...], verbose: bool) -> None:
-    """The aggregator and DSO agents over XMPP with TLS, until SIGTERM or Ctrl-C."""
+    """The aggregator, DSO and forecaster agents over XMPP with TLS, until SIGTERM or Ctrl-C."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -38,8 +39,10 @@ def run_cmd(config_path: Path, open_days: tuple[datetime, ...], verbose: bool) -
 
     try:
         cfg = load_config(config_path, PlatformConfig)
-        if not cfg.aggregators and cfg.dso is None:
-            raise ConfigError(f"{config_path}: no aggregators and no dso: nothing to run")
+        if not cfg.aggregators and cfg.dso is None and cfg.forecaster is None:
+            raise ConfigError(
+                f"{config_path}: no aggregators, no dso and no forecaster: nothing to run"
+            )
         build_check(cfg)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -1,14 +1,15 @@
 """The home's own forecasts, for when nobody sends one: PV from a clear-sky curve scaled by what
 the panels delivered recently, base load from the home's history (same weekday, recent days).
-And resampling of 30- and 60-minute inputs to 15-minute PTUs."""
+And resampling of 30- and 60-minute inputs to 15-minute PTUs. The clear-sky maths live in
+homeflex.solar, shared with the cloud's forecaster, and are re-exported here."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 
 from homeflex.clock import PTU_SECONDS
+from homeflex.solar import clear_sky_shape as clear_sky_shape
+from homeflex.solar import sun_elevation_deg as sun_elevation_deg
 
 DAY_S = 86_400
 PTUS_PER_DAY = DAY_S // PTU_SECONDS
@@ -21,50 +22,6 @@ def resample(values: Sequence[float], step_s: int) -> list[float]:
         raise ValueError(f"a step of {step_s} s is not a whole number of 15-minute PTUs")
     k = step_s // PTU_SECONDS
     return [v for v in values for _ in range(k)]
-
-
-def sun_elevation_deg(instant: float, latitude: float, longitude: float) -> float:
-    """Solar elevation (degrees) from the usual declination / equation-of-time approximations;
-    within about a degree, plenty for a PV shape."""
-    t = datetime.fromtimestamp(instant, UTC)
-    day = t.timetuple().tm_yday
-    g = 2 * math.pi / 365 * (day - 1 + (t.hour - 12) / 24)
-    decl = (
-        0.006918
-        - 0.399912 * math.cos(g)
-        + 0.070257 * math.sin(g)
-        - 0.006758 * math.cos(2 * g)
-        + 0.000907 * math.sin(2 * g)
-    )
-    eot = 229.18 * (
-        0.000075
-        + 0.001868 * math.cos(g)
-        - 0.032077 * math.sin(g)
-        - 0.014615 * math.cos(2 * g)
-        - 0.040849 * math.sin(2 * g)
-    )
-    minutes = t.hour * 60 + t.minute + t.second / 60 + eot + 4 * longitude
-    hour_angle = math.radians(minutes / 4 - 180)
-    lat = math.radians(latitude)
-    sin_el = math.sin(lat) * math.sin(decl) + math.cos(lat) * math.cos(decl) * math.cos(hour_angle)
-    return math.degrees(math.asin(max(-1.0, min(1.0, sin_el))))
-
-
-def clear_sky_shape(start: float, ptus: int, latitude: float, longitude: float) -> list[float]:
-    """Relative clear-sky PV output per PTU (0..1), from the sun's elevation mid-PTU."""
-    shape = []
-    for i in range(ptus):
-        sin_el = math.sin(
-            math.radians(sun_elevation_deg(start + (i + 0.5) * PTU_SECONDS, latitude, longitude))
-        )
-        if sin_el <= 0:
-            shape.append(0.0)
-            continue
-        # Meinel's clear-sky beam attenuation by air mass 1/sin(elevation), on a horizontal plane
-        air_mass = 1 / max(sin_el, 0.02)
-        shape.append(sin_el * 0.7 ** (air_mass**0.678))
-    peak = max(shape, default=0.0)
-    return [s / peak if peak else 0.0 for s in shape]
 
 
 def pv_forecast(
