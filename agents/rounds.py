@@ -4,19 +4,26 @@ back, kept so that a restarted aggregator resumes the round where it was.
 A round asks a set of homes for their P-plan and flexibility offer by `answer_by`. Answers are
 taken idempotently: the same P-plan revision or the same offer again is acknowledged and changes
 nothing (the home resends until it sees an ack); a higher revision replaces a lower one; a home
-not asked, another round's answer, or anything after the round closed is refused with a reason,
-so the home stops resending and keeps its own plan. The round closes when every home has
+not asked, another round's answer, or a first answer after the round closed is refused with a
+reason, so the home stops resending and keeps its own plan. The round closes when every home has
 answered both, or at its deadline without those that did not: one silent home never holds up
-its neighbourhood. The A-plan is the sum of the P-plans received.
+its neighbourhood. The A-plan is the sum of the P-plans received. After the close, a home that
+answered in time still sends higher revisions as it re-plans during the day (USEF Operate):
+they are taken, so the A-plan stays the portfolio's current plan (cloud/aggregator/operate.py).
+
+Besides the answers, the store keeps records of what the aggregator did with a round (its
+D-prognosis, the orders it took and sent), as JSON its owner reads back after a restart.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from homeflex.agents.messages import Ack, FlexOffer, Payload, PPlan, decode, encode
 
@@ -36,6 +43,12 @@ CREATE TABLE IF NOT EXISTS answers (
     type TEXT NOT NULL,
     payload BLOB NOT NULL,
     PRIMARY KEY (round, home, type)
+) STRICT;
+CREATE TABLE IF NOT EXISTS records (
+    round TEXT NOT NULL REFERENCES rounds(id),
+    key TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (round, key)
 ) STRICT;
 """
 
@@ -64,6 +77,9 @@ class Round:
         if isinstance(answer, FlexOffer) and self.offers.get(home) == answer:
             return Ack(status="ok", detail=f"offer {answer.id} was taken"), False
         if self.closed_at is not None or now > self.answer_by:
+            if isinstance(answer, PPlan) and had_plan:  # a re-plan of a plan taken in time
+                self.plans[home] = answer
+                return Ack(status="ok"), True
             closed = self.closed_at if self.closed_at is not None else self.answer_by
             detail = f"round {self.id} closed at {closed:.0f} (unix time)"
             return Ack(status="refused", detail=detail), False
@@ -156,6 +172,40 @@ class RoundStore:
                 r.offers[home] = answer
         return r
 
+    def save_record(self, round_id: str, key: str, data: Mapping[str, Any]) -> None:
+        """Keep `data` (JSON) under `key` for the round, replacing what was there."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO records VALUES (?, ?, ?)", (round_id, key, json.dumps(data))
+        )
+
+    def records(self, round_id: str) -> dict[str, Any]:
+        """The round's records, by key."""
+        rows = self._db.execute("SELECT key, data FROM records WHERE round = ?", (round_id,))
+        return {key: json.loads(data) for key, data in rows}
+
+    def rounds_with(self, day: date, key: str) -> dict[str, Any]:
+        """The rounds of `day` that hold a record under `key`: round id → that record."""
+        rows = self._db.execute(
+            "SELECT r.id, c.data FROM rounds r JOIN records c ON c.round = r.id"
+            " WHERE r.day = ? AND c.key = ?",
+            (day.isoformat(), key),
+        )
+        return {rid: json.loads(data) for rid, data in rows}
+
     def open_rounds(self) -> list[str]:
         """Rounds not closed yet: what a restarted aggregator resumes."""
         return [i for (i,) in self._db.execute("SELECT id FROM rounds WHERE closed_at IS NULL")]
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Every round, oldest first: id, day, deadline, when it closed, homes asked and how
+        many P-plans came (for the operator's status)."""
+        rows = self._db.execute(
+            "SELECT r.id, r.day, r.homes, r.answer_by, r.closed_at,"
+            " (SELECT COUNT(*) FROM answers a WHERE a.round = r.id AND a.type = 'p-plan')"
+            " FROM rounds r ORDER BY r.answer_by"
+        )
+        return [
+            {"id": rid, "day": day, "asked": len(json.loads(homes)), "answer_by": answer_by,
+             "closed_at": closed_at, "answers": answers}
+            for rid, day, homes, answer_by, closed_at, answers in rows
+        ]  # fmt: skip
