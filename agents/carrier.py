@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 from spade.behaviour import CyclicBehaviour, PeriodicBehaviour
-from spade.message import Message
 
 from homeflex.agents.node import Node
 from homeflex.agents.xmpp_tls import TlsAgent, XmppEndpoint, xmpp_tls_context
 from homeflex.pki.bundle import Credentials
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class NodeAgent(TlsAgent):
@@ -49,7 +50,8 @@ class NodeAgent(TlsAgent):
         self.add_behaviour(_Receive())
         self.add_behaviour(_Tick(period=self.tick_s))
 
-    async def work(self, fn: Callable[[], list[Message]]) -> list[Message]:
+    async def work(self, fn: Callable[[], T]) -> T:
+        """`fn` on the worker thread, one call at a time (the brain is not thread-safe)."""
         async with self._busy:
             return await asyncio.get_running_loop().run_in_executor(None, fn)
 

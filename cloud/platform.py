@@ -1,10 +1,18 @@
 """The aggregator platform's agents from one configuration file (`homeflex cloud run`).
 
-Each aggregator (one per congestion point) and the DSO run as NodeAgents over XMPP with TLS, in
-this process. Every agent keeps its state under `state_dir/<name>/`: the replay cache, the
-deliveries awaiting acknowledgement, the aggregator's rounds, its security log. So a restart
-resumes open rounds and resends what was not acknowledged. Each day at `day_ahead_at` (UTC)
-an aggregator opens the next day's round; `--open DAY` opens a round for DAY at start.
+Each aggregator (one per congestion point), the DSO and the forecaster run as NodeAgents over
+XMPP with TLS, in this process. Every agent keeps its state under `state_dir/<name>/`: the
+replay cache, the deliveries awaiting acknowledgement, the aggregator's rounds, its security
+log. So a restart resumes open rounds and resends what was not acknowledged. Each day at
+`day_ahead_at` (UTC) an aggregator opens the next day's round; `--open DAY` opens a round for
+DAY at start.
+
+An aggregator's prices are flat, or come from a price file in the gateway's format (start,
+series_step_s, import_price, export_price; cloud/aggregator/prices.py), with flat prices where
+the file has none (by default the gateway's 0.30 and 0.05 €/kWh):
+`prices: {file: /etc/homeflex/prices.yaml, import_eur_kwh: 0.25}`. The forecaster answers PV
+and load forecasts for its sites (cloud/forecast/): a home's site is named like the home, and
+only that home and the site's `readers` may ask for it.
 
 ```yaml
 xmpp: {domain: xmpp.example.net, address: 127.0.0.1, port: 5222}
@@ -23,6 +31,12 @@ dso:
   password_file: /etc/homeflex/dso-1/xmpp-password
   max_price: 0.25
   points: [{name: trafo-1, limit_kw: 280, aggregators: {agr-1: /etc/homeflex/agr-1/cert.pem}}]
+forecaster:
+  credentials: /etc/homeflex/forecast-1
+  password_file: /etc/homeflex/forecast-1/xmpp-password
+  sites:
+    home-0001: {latitude: 52.1, longitude: 5.1, kwp: 4.2, annual_kwh: 3500, utc_offset_h: 1,
+                readers: [agr-1]}
 ```
 """
 
@@ -34,6 +48,7 @@ import logging
 import signal
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
 from pathlib import Path
 
 from cryptography import x509
@@ -41,18 +56,25 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from homeflex.agents.carrier import NodeAgent
 from homeflex.agents.delivery import Deliveries
+from homeflex.agents.messages import ID
 from homeflex.agents.messenger import Messenger
 from homeflex.agents.node import Brain, Node
 from homeflex.agents.permissions import Permissions
 from homeflex.agents.rounds import RoundStore
 from homeflex.agents.xmpp_tls import XmppEndpoint
+from homeflex.cloud.agent_status import status, write_status
 from homeflex.cloud.aggregator.brain import AggregatorBrain, DayPrices
+from homeflex.cloud.aggregator.local_market import PaymentRule
+from homeflex.cloud.aggregator.prices import FilePrices
 from homeflex.cloud.dso.brain import CongestionPoint, DsoBrain
+from homeflex.cloud.forecast.brain import ForecasterBrain
+from homeflex.cloud.forecast.site import Site
 from homeflex.pki.bundle import Credentials
 from homeflex.security import SecurityLog
 
 log = logging.getLogger(__name__)
 SCHEDULE_EVERY_S = 30.0
+STATUS_EVERY_S = 2.0  # each agent's status.json (cloud/agent_status.py)
 
 
 class Strict(BaseModel):
@@ -80,13 +102,29 @@ class FlatPrices(Strict):
     export_eur_kwh: float = Field(ge=-10, le=10, allow_inf_nan=False)
 
 
+class PricesFromFile(Strict):
+    """A price file in the gateway's format; the flat prices (the gateway's defaults) where it
+    has none."""
+
+    file: Path
+    import_eur_kwh: float = Field(0.30, ge=-10, le=10, allow_inf_nan=False)
+    export_eur_kwh: float = Field(0.05, ge=-10, le=10, allow_inf_nan=False)
+
+    def source(self) -> FilePrices:
+        """The day prices it gives; ConfigError naming the file and field when it is bad."""
+        return FilePrices(self.file, self.import_eur_kwh, self.export_eur_kwh)
+
+
 class AggregatorConfig(Party):
     congestion_point: str
     dso: Peer
     homes: dict[str, Path] = Field(description="home name → its certificate")
-    prices: FlatPrices
-    day_ahead_at: time = time(12, 0)
+    prices: FlatPrices | PricesFromFile
+    day_ahead_at: time | None = Field(
+        time(12, 0), description="UTC; null: rounds only for the days given with --open"
+    )
     answer_window_s: float = Field(600.0, gt=0)
+    payment: PaymentRule = "pay-as-bid"  # how a home's share of a DSO order is priced
 
 
 class PointConfig(Strict):
@@ -98,6 +136,14 @@ class PointConfig(Strict):
 class DsoConfig(Party):
     max_price: float = Field(ge=0, le=10, allow_inf_nan=False)
     points: list[PointConfig] = Field(min_length=1)
+    prognosis_wait_s: float = Field(
+        120.0, gt=0, description="how long a check waits for silent aggregators' D-prognoses"
+    )
+    offer_window_s: float = Field(120.0, gt=0, description="how long offers are awaited")
+
+
+class ForecasterConfig(Party):
+    sites: dict[ID, Site] = Field(min_length=1, description="site id (a home's name) → site")
 
 
 class PlatformConfig(Strict):
@@ -105,6 +151,7 @@ class PlatformConfig(Strict):
     state_dir: Path
     aggregators: list[AggregatorConfig] = []
     dso: DsoConfig | None = None
+    forecaster: ForecasterConfig | None = None
 
 
 def _chain(path: Path) -> list[x509.Certificate]:
@@ -147,11 +194,10 @@ def build(cfg: PlatformConfig) -> list[tuple[NodeAgent, Brain, time | None]]:
     for a in cfg.aggregators:
 
         def aggregator(name: str, state: Path, a: AggregatorConfig = a) -> AggregatorBrain:
-            flat = DayPrices([a.prices.import_eur_kwh] * 96, [a.prices.export_eur_kwh] * 96)
             return AggregatorBrain(
                 name, frozenset(a.homes), a.dso.name, a.congestion_point,
-                RoundStore(state / "rounds.db"), lambda _day: flat,
-                answer_window_s=a.answer_window_s,
+                RoundStore(state / "rounds.db"), day_prices(a.prices),
+                answer_window_s=a.answer_window_s, payment=a.payment,
             )  # fmt: skip
 
         peers = [a.dso.certificate, *a.homes.values()]
@@ -162,12 +208,30 @@ def build(cfg: PlatformConfig) -> list[tuple[NodeAgent, Brain, time | None]]:
         points = [CongestionPoint(p.name, p.limit_kw, frozenset(p.aggregators)) for p in d.points]
 
         def dso(name: str, state: Path) -> DsoBrain:
-            return DsoBrain(name, points, d.max_price)
+            return DsoBrain(name, points, d.max_price, prognosis_wait_s=d.prognosis_wait_s,
+                            offer_window_s=d.offer_window_s)  # fmt: skip
 
         peers = [path for p in d.points for path in p.aggregators.values()]
         agent, brain = _agent(cfg, d, peers, dso)
         out.append((agent, brain, None))
+    if cfg.forecaster is not None:
+        sites = cfg.forecaster.sites
+
+        def forecaster(name: str, state: Path) -> ForecasterBrain:
+            return ForecasterBrain(name, sites)
+
+        # no peers to configure: it answers whoever asks, learning them from their envelopes
+        agent, brain = _agent(cfg, cfg.forecaster, [], forecaster)
+        out.append((agent, brain, None))
     return out
+
+
+def day_prices(prices: FlatPrices | PricesFromFile) -> Callable[[date], DayPrices]:
+    """An aggregator's `prices(day)`: the day's 96 PTU prices."""
+    if isinstance(prices, PricesFromFile):
+        return prices.source()
+    flat = DayPrices([prices.import_eur_kwh] * 96, [prices.export_eur_kwh] * 96)
+    return lambda _day: flat
 
 
 def due_day(now: datetime, at: time) -> date | None:
@@ -184,15 +248,24 @@ async def serve(cfg: PlatformConfig, open_days: list[date], stop: asyncio.Event)
     for _, brain, _ in parties:
         if isinstance(brain, AggregatorBrain):
             brain.to_open.extend(open_days)
+    next_schedule = 0.0
     try:
         while not stop.is_set():
             now = datetime.now(UTC)
-            for _, brain, at in parties:
-                day = due_day(now, at) if at is not None else None
-                if isinstance(brain, AggregatorBrain) and day is not None:
-                    brain.to_open.append(day)  # opening one that exists does nothing
+            if now.timestamp() >= next_schedule:
+                next_schedule = now.timestamp() + SCHEDULE_EVERY_S
+                for _, brain, at in parties:
+                    day = due_day(now, at) if at is not None else None
+                    if isinstance(brain, AggregatorBrain) and day is not None:
+                        brain.to_open.append(day)  # opening one that exists does nothing
+            for agent, brain, _ in parties:
+                try:
+                    data = await agent.work(partial(status, agent.node, brain))
+                    write_status(cfg.state_dir / agent.node.name / "status.json", data)
+                except Exception:  # a full disk: the agents go on; tried again next time
+                    log.exception("%s: status not written", agent.node.name)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), SCHEDULE_EVERY_S)
+                await asyncio.wait_for(stop.wait(), STATUS_EVERY_S)
     finally:
         for agent, _, _ in parties:
             await agent.stop()
@@ -212,15 +285,18 @@ def run(cfg: PlatformConfig, open_days: list[date]) -> None:
 
 
 def build_check(cfg: PlatformConfig) -> None:
-    """Fail before connecting when a credential, password or certificate file is missing or
-    unreadable, naming it."""
-    for party in [*cfg.aggregators, *([cfg.dso] if cfg.dso else [])]:
+    """Fail before connecting when a credential, password, certificate or price file is
+    missing, unreadable or (a price file) not valid, naming it."""
+    parties: list[Party] = [*cfg.aggregators]
+    parties += [p for p in (cfg.dso, cfg.forecaster) if p is not None]
+    for party in parties:
         Credentials.load(party.credentials)
         if not party.password_file.is_file():
             raise FileNotFoundError(f"{party.password_file}: no such password file")
     for a in cfg.aggregators:
         for path in [a.dso.certificate, *a.homes.values()]:
             _chain(path)
+        day_prices(a.prices)  # ConfigError with the price file, line and field
     for p in cfg.dso.points if cfg.dso else []:
         for path in p.aggregators.values():
             _chain(path)

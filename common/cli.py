@@ -268,6 +268,33 @@ def edge_update(config_path: Path, bundle: Path) -> None:
 
 
 @main.command("demo")
+@click.option("--homes", type=click.IntRange(2, 40), default=10, show_default=True)
+@click.option(
+    "--speed",
+    type=click.FloatRange(60, 2000),
+    default=500.0,
+    show_default=True,
+    help="simulated seconds per real second",
+)
+@click.option(
+    "--workdir", type=click.Path(path_type=Path), default=Path("var/demo"), show_default=True
+)
+def demo(homes: int, speed: float, workdir: Path) -> None:
+    """The neighbourhood: homes, their gateways, the aggregator and the DSO through a simulated
+    day of the USEF cycle over XMPP with TLS; writes an HTML report."""
+    from homeflex.neighbourhood.run import run
+
+    _setup_logging(False)
+    logging.getLogger().setLevel(logging.WARNING)  # the progress lines are the output
+    try:
+        report = run(homes, speed, workdir, say=lambda line: click.echo(line))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"open {report.resolve().as_uri()} in a browser")
+    sys.exit(0)
+
+
+@main.command("demo-home")
 @click.option(
     "--home",
     "home",
@@ -284,9 +311,9 @@ def edge_update(config_path: Path, bundle: Path) -> None:
 )
 @click.option("--hours", type=float, default=24.0, show_default=True, help="simulated hours")
 @click.option(
-    "--workdir", type=click.Path(path_type=Path), default=Path("var/demo"), show_default=True
+    "--workdir", type=click.Path(path_type=Path), default=Path("var/demo-home"), show_default=True
 )
-def demo(home: Path | None, speed: float, hours: float, workdir: Path) -> None:
+def demo_home(home: Path | None, speed: float, hours: float, workdir: Path) -> None:
     """One simulated home and its gateway for a simulated day; prints a summary."""
     from homeflex.demo import run_single_home
 

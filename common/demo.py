@@ -43,7 +43,7 @@ def _repo() -> Path:
     return here if (here / "firmware-sim").is_dir() else Path.cwd()
 
 
-def _sim_command() -> list[str]:
+def sim_command() -> list[str]:
     exe = Path(sys.executable).parent / "homeflex-sim"
     if exe.exists():
         return [str(exe)]
@@ -53,7 +53,7 @@ def _sim_command() -> list[str]:
     return [found]
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not path.exists():
         if proc.poll() is not None:
@@ -300,7 +300,7 @@ def run_single_home(
     sim_log = (workdir / "sim.log").open("wb")
     sim = subprocess.Popen(
         [
-            *_sim_command(),
+            *sim_command(),
             "run",
             str(home_file),
             "--state-dir",
@@ -319,7 +319,7 @@ def run_single_home(
     )
     gw: subprocess.Popen[bytes] | None = None
     try:
-        _wait_for(workdir / "sim" / "endpoints.json", sim, 30)
+        wait_for(workdir / "sim" / "endpoints.json", sim, 30)
         endpoints = json.loads((workdir / "sim" / "endpoints.json").read_text())
         cfg_path = workdir / "gateway.yaml"
         cfg_path.write_text(

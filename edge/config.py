@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -145,6 +145,24 @@ class TelemetryConfig(Strict):
         return int(self.broker.rsplit(":", 1)[1])
 
 
+class AgentConfig(Strict):
+    """Taking part in the neighbourhood: the home's agent talks to its aggregator over XMPP with
+    TLS, as the box's certificate says (edge/home_agent.py). Needs `credentials:` (whose
+    certificate carries the box's XMPP address) and `home:` (the planner speaks for the home)."""
+
+    xmpp_domain: str = Field(description="the XMPP domain; the server's certificate names it")
+    xmpp_address: str = Field("127.0.0.1", description="where the XMPP server listens")
+    xmpp_port: int = Field(5222, ge=1, le=65535)
+    password_file: Path = Field(description="the box's XMPP password (set at enrollment)")
+    aggregator: str = Field(description="the aggregator's name, as in its certificate")
+    aggregator_certificate: Path = Field(description="the aggregator's certificate (PEM)")
+    offer_from: time = Field(time(17, 0), description="local time: offer flexibility from …")
+    offer_until: time = Field(time(21, 0), description="… until (the evening peak by default)")
+    margin_eur_kwh: float = Field(
+        0.02, ge=0, le=1, description="added to the home's own cost in every offer it makes"
+    )
+
+
 class GatewayConfig(Strict):
     data_dir: Path = Field(
         description="where the gateway keeps its state (status, Zigbee database)"
@@ -184,6 +202,9 @@ class GatewayConfig(Strict):
     telemetry: TelemetryConfig | None = Field(
         None, description="send readings and PTU energies to the cloud; absent: kept on the box"
     )
+    agent: AgentConfig | None = Field(
+        None, description="take part in the aggregator's negotiations; absent: the home alone"
+    )
 
     @property
     def security_log_path(self) -> Path:
@@ -210,6 +231,10 @@ class GatewayConfig(Strict):
             raise ValueError("`events_url` is set but there is no `credentials:` directory")
         if self.enrollment_url and self.credentials is None:
             raise ValueError("`enrollment_url` is set but there is no `credentials:` directory")
+        if self.agent and (self.credentials is None or self.home is None):
+            raise ValueError(
+                "`agent` needs the box's `credentials:` directory and a `home:` to plan"
+            )
         if self.telemetry and self.credentials is None:
             raise ValueError("`telemetry` is set but there is no `credentials:` directory")
         if tls and self.credentials is None:

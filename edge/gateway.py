@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from homeflex.clock import Clock, ptu_start
 from homeflex.edge.config import GatewayConfig, ModbusDeviceConfig, ZigbeeDeviceConfig
@@ -35,6 +35,9 @@ from homeflex.edge.poller import Poller
 from homeflex.edge.store import Store
 from homeflex.edge.uplink import Uplink
 from homeflex.security import SecurityLog
+
+if TYPE_CHECKING:
+    from homeflex.edge.home_agent import HomeAgent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,6 +84,7 @@ class Gateway:
         self._plan_written: Plan | None = None
         self.security: SecurityLog | None = None  # opened by start()
         self.uplink: Uplink | None = None  # started by run() when telemetry is configured
+        self.agent: HomeAgent | None = None  # started by run() when `agent:` is configured
         # one context source for every TLS link: it follows the credentials on disk
         self._tls_contexts = ClientContexts(cfg.credentials) if cfg.credentials else None
 
@@ -234,6 +238,8 @@ class Gateway:
             status["plan"] = plan
         if self.uplink is not None:
             status["telemetry"] = asdict(self.uplink.stats)
+        if self.agent is not None:
+            status["agent"] = self.agent.status()
         _write_atomic(self.cfg.data_dir / "status.json", json.dumps(status, indent=1))
 
     async def _credential_upkeep(self) -> None:
@@ -274,6 +280,30 @@ class Gateway:
         self.uplink = Uplink(tel, creds, self.store, self._db, self.clock, poll_s, self.security)
         await self.uplink.run()
 
+    async def _home_agent(self) -> None:
+        """The home's agent in its aggregator's negotiations (edge/home_agent.py), when
+        configured; it needs the control loop, whose plans it speaks for."""
+        cfg = self.cfg
+        if cfg.agent is None or cfg.credentials is None or self.home is None:
+            return
+        assert self.control is not None and self.security is not None
+        from homeflex.edge.home_agent import HomeAgent  # only boxes in a neighbourhood need SPADE
+
+        try:
+            self.agent = HomeAgent(
+                cfg.agent,
+                cfg.credentials,
+                cfg.data_dir,
+                self.home,
+                self.control,
+                self.clock,
+                self.security,
+            )
+        except (OSError, ValueError) as exc:  # a missing certificate or password file
+            log.error("agent: cannot start (%s); the home runs on its own plans", exc)
+            return
+        await self.agent.run()
+
     async def _retention(self) -> None:
         while True:
             await self.clock.sleep(RETENTION_EVERY_S)
@@ -297,6 +327,7 @@ class Gateway:
             asyncio.create_task(self._credential_upkeep(), name="credentials"),
             asyncio.create_task(self._forward_events(), name="security-events"),
             asyncio.create_task(self._uplink(), name="uplink"),
+            asyncio.create_task(self._home_agent(), name="home-agent"),
         ]
         if self.control is not None and self.home is not None:
             run = self.control.run(self._control_poll, self._control_send, self.home.cfg.cycle_s)

@@ -370,12 +370,13 @@ class Home:
                 h.pv_w[d.id] = {ts: max(0.0, -w) for ts, w in planned[d.id].items()}
         return h
 
-    def make_inputs(self, now: float, snapshot: Snapshot) -> PlanInputs:
+    def make_inputs(self, now: float, snapshot: Snapshot, ptus: int | None = None) -> PlanInputs:
+        """The planner's inputs from the PTU of `now`, over the configured horizon or `ptus`."""
         start = ptu_start(now)
-        n = self.cfg.ptus
+        n = ptus or self.cfg.ptus
         imp, exp = self.prices.horizon(start, n)
         base = base_load_forecast(start, n, self.history.base_load_w, self.cfg.base_load_default_w)
-        devices = [s for d in self.cfg.devices if (s := self._spec(d, now, start, snapshot))]
+        devices = [s for d in self.cfg.devices if (s := self._spec(d, now, start, n, snapshot))]
         return PlanInputs(
             start=datetime.fromtimestamp(start, UTC),
             ptus=n,
@@ -388,13 +389,13 @@ class Home:
         )
 
     def _spec(
-        self, d: HomeDeviceConfig, now: float, start: float, snap: Snapshot
+        self, d: HomeDeviceConfig, now: float, start: float, n: int, snap: Snapshot
     ) -> DeviceSpec | None:
         def value(q: Quantity) -> float | None:
             r = snap.get((d.id, q))
             return None if r is None else r.value
 
-        n, site = self.cfg.ptus, self.cfg.site
+        site = self.cfg.site
         if isinstance(d, BatteryConfig):
             soc = value(Quantity.SOC_PCT)
             data = d.model_dump()

@@ -6,8 +6,19 @@ the A-plan, summed, goes to the DSO as the D-prognosis; when the DSO asks for fl
 aggregator offers its homes' upward blocks in the requested PTUs at or below the max price,
 summed into tiers by price step and divisibility, so the DSO learns no home's offer. When the
 DSO orders a tier, the aggregator splits the order among the homes whose blocks made the tier,
-cheapest first (pay-as-bid, seed 004's rule), a block that may not be split whole or not at
-all, and sends each home its order, delivered until acknowledged.
+cheapest first, a block that may not be split whole or not at all, prices each home's share by
+its payment rule (cloud/aggregator/local_market.py: pay-as-bid, seed 004's rule, by default;
+uniform or VCG), and sends each home its order, delivered until acknowledged. Settle: each
+home order is measured against the home's P-plan before it; the DSO's settlements of the
+aggregator's own orders are taken and kept (`dso_settlements`).
+
+Operate (cloud/aggregator/operate.py): homes keep sending P-plan revisions after the round
+closed, and they are taken. A PTU that begins less than an hour from now and is not over is
+locked (gate closure): it is no longer offered to the DSO. On each tick, wherever in a locked
+PTU the portfolio's current A-plan is above what the aggregator committed (its last D-prognosis
+less the DSO's orders it took) by more than a tolerance, it orders the difference from its
+homes' upward blocks that no order took, cheapest first, pay-as-bid, each block at most once,
+without trading and without a word to the DSO; what no block covers is logged once per PTU.
 
 Every state change is kept in the RoundStore before it is acknowledged, so an aggregator
 restarted mid-round resumes its rounds; the flexibility part (request, offer, orders) lives in
@@ -36,6 +47,8 @@ from homeflex.agents.messages import (
 )
 from homeflex.agents.node import Outgoing, Reporting
 from homeflex.agents.rounds import Round, RoundStore
+from homeflex.cloud.aggregator.local_market import PaymentRule, split
+from homeflex.cloud.aggregator.operate import TOLERANCE_KW, Operate, locked
 from homeflex.cloud.market import objects as mo
 from homeflex.cloud.market.settlement import Ledger, settle
 
@@ -77,8 +90,11 @@ class AggregatorBrain(Reporting):
         prices: Callable[[date], DayPrices],
         *,
         answer_window_s: float = 120.0,
+        payment: PaymentRule = "pay-as-bid",
+        redispatch_tolerance_kw: float = TOLERANCE_KW,
     ) -> None:
         self.name = name
+        self.payment = payment  # how each home's share of a DSO order is priced
         self.homes = homes
         self.dso = dso
         self.congestion_point = congestion_point
@@ -92,7 +108,9 @@ class AggregatorBrain(Reporting):
                 self.rounds[rid] = r
                 log.info("%s: resumed round %s (%d answers)", name, rid, len(r.plans))
         self.flex: dict[str, Flex] = {}  # request id →
+        self.dso_settlements: dict[str, Settlement] = {}  # the DSO's order id →
         self.to_open: list[date] = []  # days to open a round for at the next tick
+        self.operate = Operate(name, store, tolerance_kw=redispatch_tolerance_kw)
 
     def round_id(self, day: date, seq: int = 0) -> str:
         """Round `seq` for `day`: 0 the day-ahead one, 1, 2 … the plans made again later."""
@@ -121,7 +139,11 @@ class AggregatorBrain(Reporting):
 
     def on_message(self, sender: str, message: Payload, now: float) -> tuple[Ack, list[Outgoing]]:
         if isinstance(message, PPlan | FlexOffer):
-            r = self.rounds.get(message.round) or self.store.load(message.round)
+            r = (
+                self.rounds.get(message.round)
+                or self.operate.round(message.round, message.day)  # revisions during the day
+                or self.store.load(message.round)
+            )
             if r is None:
                 return Ack(status="refused", detail=f"no round {message.round!r}"), []
             ack, changed = r.take(sender, message, now)
@@ -131,9 +153,15 @@ class AggregatorBrain(Reporting):
         if sender != self.dso:
             return Ack(status="refused", detail=f"{sender} is not this aggregator's DSO"), []
         if isinstance(message, FlexRequest):
-            return self._request(message)
+            return self._request(message, now)
         if isinstance(message, FlexOrder):
-            return self._order(message)
+            ack, out = self._order(message)
+            if ack.status == "ok":  # what was sold, and each home's share, for Operate
+                self.operate.sold(message)
+                self.operate.sent(out)
+            return ack, out
+        if isinstance(message, Settlement):
+            return self._dso_settlement(message)
         return Ack(status="refused", detail=f"no use for {type(message).__name__}"), []
 
     def on_tick(self, now: float) -> list[Outgoing]:
@@ -145,8 +173,19 @@ class AggregatorBrain(Reporting):
                 self.store.save_closed(r)
                 del self.rounds[r.id]
                 log.info("%s: round %s closed; missing %s", self.name, r.id, r.missing())
-                out.append(self._prognosis(r))
-        return out
+                prognosis = self._prognosis(r)
+                assert isinstance(prognosis.message, DPrognosis)
+                self.operate.follow(r, prognosis.message, now)
+                out.append(prognosis)
+        return out + self.operate.tick(now)
+
+    def on_delivered(self, key: str, ack: Ack, now: float) -> list[Outgoing]:
+        self.operate.delivered(key, ack.status == "ok")  # a refused order is not in force
+        return super().on_delivered(key, ack, now)
+
+    def on_failed(self, key: str, now: float) -> list[Outgoing]:
+        self.operate.delivered(key, ok=False)
+        return super().on_failed(key, now)
 
     # --- Settle ------------------------------------------------------------------------------
 
@@ -199,6 +238,21 @@ class AggregatorBrain(Reporting):
                     out.append(Outgoing(home, msg, key=f"settlement:{order.id}"))
         return out
 
+    def _dso_settlement(self, s: Settlement) -> tuple[Ack, list[Outgoing]]:
+        """The DSO's settlement of one of this aggregator's orders, kept by order id. The same
+        one again (its ack was lost) changes nothing; a different one for a settled order is
+        refused: the DSO's ledger settles an order once."""
+        before = self.dso_settlements.get(s.order)
+        if before == s:
+            return Ack(status="ok", detail="taken before"), []
+        if before is not None:
+            detail = f"order {s.order} was settled before with other values"
+            return Ack(status="refused", detail=detail), []
+        self.dso_settlements[s.order] = s
+        log.info("%s: order %s settled: %.3f kWh delivered, %.2f € paid, %.2f € penalty",
+                 self.name, s.order, s.delivered_kwh, s.payment_eur, s.penalty_eur)  # fmt: skip
+        return Ack(status="ok"), []
+
     def _prognosis(self, r: Round) -> Outgoing:
         msg = DPrognosis(
             round=r.id,
@@ -211,7 +265,7 @@ class AggregatorBrain(Reporting):
 
     # --- Validate: offer and orders ----------------------------------------------------------
 
-    def _request(self, req: FlexRequest) -> tuple[Ack, list[Outgoing]]:
+    def _request(self, req: FlexRequest, now: float) -> tuple[Ack, list[Outgoing]]:
         if req.id in self.flex:
             return Ack(status="ok", detail="taken before"), []
         answers = self.store.load(req.round)
@@ -221,7 +275,7 @@ class AggregatorBrain(Reporting):
         for home, offer in sorted(answers.offers.items()):
             for b in offer.blocks:
                 wanted = b.ptu in req.profile_kw and b.direction == req.direction
-                if not wanted or b.price > req.max_price:
+                if not wanted or b.price > req.max_price or locked(req.day, b.ptu, now):
                     continue
                 tier = (_step_up(b.price, req.max_price), b.divisible)
                 tiers.setdefault(tier, {}).setdefault(b.ptu, []).append((b.price, home, b.kw))
@@ -255,16 +309,8 @@ class AggregatorBrain(Reporting):
         if not _fits(flex, tier, order):
             detail = f"the order asks more kW in some PTU than tier {order.offer} holds"
             return Ack(status="refused", detail=detail), []
-        divisible = tier[1]
-        per_home: dict[str, dict[int, float]] = {}
-        for ptu, kw in order.profile_kw.items():
-            left = kw
-            for _, home, block_kw in sorted(flex.tiers[tier][ptu]):  # cheapest first
-                take = min(left, block_kw) if divisible else block_kw * (block_kw <= left + 1e-9)
-                if take > 1e-9:
-                    mine = per_home.setdefault(home, {})
-                    mine[ptu] = mine.get(ptu, 0.0) + take
-                    left -= take
+        shares = split(order.profile_kw, order.price, flex.tiers[tier], divisible=tier[1],
+                       rule=self.payment)  # fmt: skip
         answers = flex.answers
         home_orders = {
             home: FlexOrder(
@@ -273,10 +319,10 @@ class AggregatorBrain(Reporting):
                 day=order.day,
                 offer=answers.offers[home].id,
                 direction=order.direction,
-                profile_kw=profile,
-                price=order.price,
+                profile_kw=share.profile_kw,
+                price=share.price,
             )
-            for n, (home, profile) in enumerate(sorted(per_home.items()))
+            for n, (home, share) in enumerate(sorted(shares.items()))
         }
         flex.orders[order.id] = home_orders
         for home in home_orders:  # the P-plan the order is measured against, before any re-plan

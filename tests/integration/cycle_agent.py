@@ -2,7 +2,9 @@
 tests: `dso`, `aggregator` or `home` (a battery home planned by the real planner). It runs until
 SIGTERM, then prints one JSON line: what its brain ended with and what its Node sent; the same
 is kept in `<creds>/status.json` meanwhile, each second. The password comes in XMPP_PASSWORD;
-`--peer` names a peer's cert.pem (repeatable).
+`--peer` names a peer's cert.pem (repeatable). A home keeps what it sent and how each message
+it got was acknowledged; with `--answer-twice` it sends its first P-plan and offer of a round
+again, in new envelopes, once the first ones are acknowledged.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from cryptography import x509
 
 from homeflex.agents.carrier import NodeAgent
 from homeflex.agents.delivery import Deliveries
-from homeflex.agents.messages import Payload, Prices
+from homeflex.agents.messages import TYPE_OF, Ack, Payload, Prices
 from homeflex.agents.messenger import Messenger
-from homeflex.agents.node import Node
+from homeflex.agents.node import Node, Outgoing
 from homeflex.agents.permissions import Permissions
 from homeflex.agents.rounds import RoundStore
 from homeflex.agents.xmpp_tls import XmppEndpoint
@@ -82,6 +84,46 @@ class Recording:
         return getattr(self.brain, name)
 
 
+class Home:
+    """A home's brain, keeping what it sent its aggregator (by delivery key), every message it
+    got with the acknowledgement it gave, and the acknowledgements it received: the tests
+    compare the aggregator's sums and orders with these. With `answer_twice`, the first P-plan
+    and the offer of a round go out once more (key `again:<key>`, so a new delivery and a new
+    envelope) as soon as the aggregator acknowledged the first: what a home does that missed
+    an acknowledgement or restarted with its answers kept."""
+
+    def __init__(self, brain: HomeBrain, *, answer_twice: bool = False) -> None:
+        self.brain = brain
+        self.answer_twice = answer_twice
+        self.sent: dict[str, Payload] = {}
+        self.got: list[dict[str, str]] = []
+        self.acks: dict[str, dict[str, str]] = {}
+
+    def on_message(self, sender: str, message: Payload, now: float) -> tuple[Ack, list[Outgoing]]:
+        ack, out = self.brain.on_message(sender, message, now)
+        # prices by their round, an order by its id, a settlement by its order
+        names = [a for a in ("id", "round", "order") if hasattr(message, a)]
+        about = str(getattr(message, names[0])) if names else ""
+        self.got.append({"type": TYPE_OF[type(message)], "about": about, "status": ack.status,
+                         "detail": ack.detail})  # fmt: skip
+        self.sent |= {o.key: o.message for o in out if o.key is not None}
+        return ack, out
+
+    def on_delivered(self, key: str, ack: Ack, now: float) -> list[Outgoing]:
+        self.acks[key] = {"status": ack.status, "detail": ack.detail}
+        out = self.brain.on_delivered(key, ack, now)
+        first = key.startswith("offer:") or (key.startswith("plan:") and key.endswith(":0"))
+        if self.answer_twice and first and key in self.sent:
+            out.append(Outgoing(self.brain.aggregator, self.sent[key], key=f"again:{key}"))
+        return out
+
+    def on_failed(self, key: str, now: float) -> list[Outgoing]:
+        return self.brain.on_failed(key, now)
+
+    def on_tick(self, now: float) -> list[Outgoing]:
+        return self.brain.on_tick(now)
+
+
 def summary(node: Node, brain: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"sent": node.sent, "resent": node.resent, "failed": node.failed}
     if isinstance(brain, Recording):
@@ -102,14 +144,19 @@ def summary(node: Node, brain: Any) -> dict[str, Any]:
             rid: {o: {h: m.profile_kw for h, m in homes.items()} for o, homes in f.orders.items()}
             for rid, f in brain.flex.items()
         }
-    elif isinstance(brain, HomeBrain):
-        out["orders"] = {k: [p.max_net_w for p in v] for k, v in brain.orders.items()}
+    elif isinstance(brain, Home):
+        home = brain.brain
+        out["orders"] = {k: [p.max_net_w for p in v] for k, v in home.orders.items()}
         ordered: dict[int, float] = {}
-        for order in brain.accepted.values():
+        for order in home.accepted.values():
             for t, kw in order.profile_kw.items():
                 ordered[t] = ordered.get(t, 0.0) + kw
         out["ordered_kw"] = ordered
-        out["rounds"] = sorted(brain.answered)
+        out["rounds"] = sorted(home.answered)
+        out["accepted"] = {k: o.model_dump(mode="json") for k, o in home.accepted.items()}
+        out["answers"] = {k: m.model_dump(mode="json") for k, m in brain.sent.items()}
+        out["got"] = list(brain.got)
+        out["acks"] = dict(brain.acks)
     return out
 
 
@@ -131,7 +178,8 @@ async def main(args: argparse.Namespace) -> int:
         brain = AggregatorBrain(me.name, frozenset(args.home), args.dso, args.point, store, prices,
                                 answer_window_s=args.answer_s)  # fmt: skip
     else:
-        brain = HomeBrain(me.name, args.aggregator, home_inputs(args.evening_kw), EVENING)
+        brain = Home(HomeBrain(me.name, args.aggregator, home_inputs(args.evening_kw), EVENING),
+                     answer_twice=args.answer_twice)  # fmt: skip
     node = Node(messenger, Deliveries(args.creds / "deliveries.db"), brain)
     agent = NodeAgent(node, creds, os.environ["XMPP_PASSWORD"],
                       XmppEndpoint(args.domain, args.address, args.port), tick_s=0.5)  # fmt: skip
@@ -177,6 +225,7 @@ if __name__ == "__main__":
     parser.add_argument("--answer-s", type=float, default=20.0)
     parser.add_argument("--start-after", type=float, default=2.0)
     parser.add_argument("--evening-kw", type=float, default=3.0)
+    parser.add_argument("--answer-twice", action="store_true", help="home: answer a round twice")
     parser.add_argument("role", choices=["dso", "aggregator", "home"])
     args = parser.parse_args()
     result: list[int] = []

@@ -5,6 +5,7 @@ refused with the planner's reason; the same message again changes nothing."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -69,9 +70,7 @@ def test_prices_are_answered_with_the_plan_and_the_envelope_as_the_offer() -> No
     assert [o.key for o in out] == ["plan:agr-1.2026-01-15:0", "offer:agr-1.2026-01-15"]
     assert all(o.to == "agr-1" for o in out)
     _, points = envelope(make_inputs(prices(), []), EVENING)
-    assert plan_msg.net_kw == pytest.approx(
-        [w / 1000 for w in b.answered[prices().round].plan.net_w]
-    )
+    assert plan_msg.net_kw == pytest.approx([w / 1000 for w in b.answered[prices().round].net_w])
     by_ptu = {blk.ptu: blk for blk in offer_msg.blocks}
     for e in points:
         down = (e.planned_w - e.min_w) / 1000
@@ -92,7 +91,7 @@ def test_an_order_it_can_keep_is_kept_and_one_it_cannot_is_refused() -> None:
     offer = out[1].message
     assert isinstance(offer, FlexOffer)
     blk = max(offer.blocks, key=lambda x: x.kw)
-    before = b.answered[offer.round].plan.net_w[blk.ptu]
+    before = b.answered[offer.round].at(blk.ptu)
     order = FlexOrder(round=offer.round, id="o-1", day=DAY, offer=offer.id, direction="up",
                       profile_kw={blk.ptu: blk.kw * 0.5}, price=blk.price)  # fmt: skip
     ack, out = b.on_message("agr-1", order, 2.0)
@@ -125,3 +124,81 @@ def test_a_settlement_is_kept_once() -> None:
         ack, out = b.on_message("agr-1", paid, 5.0)
         assert (ack.status, out) == ("ok", [])
     assert b.settlements == {"o-1": paid}
+
+
+def test_a_plan_that_starts_the_evening_before_answers_for_the_priced_day_only() -> None:
+    """The gateway plans from now: 8 PTUs of the day before lead into the priced day, and the
+    P-plan, the offer and the orders still speak of the day's own PTUs."""
+    lead = 8
+
+    def from_before(p: Prices, orders: list[PlannedOrder]) -> PlanInputs:
+        day = make_inputs(p, orders)
+        return day.model_copy(
+            update={
+                "start": day.start - lead * timedelta(minutes=15),
+                "ptus": day.ptus + lead,
+                "import_price": [0.30] * lead + list(day.import_price),
+                "export_price": [0.05] * lead + list(day.export_price),
+                "base_load_w": [1000.0] * lead + list(day.base_load_w),
+            }
+        )
+
+    b = HomeBrain("home-1", "agr-1", from_before, offer_ptus=EVENING)
+    _, out = b.on_message("agr-1", prices(), 0.0)
+    plan_msg, offer = (o.message for o in out)
+    assert isinstance(plan_msg, PPlan) and isinstance(offer, FlexOffer)
+    assert (plan_msg.first_ptu, len(plan_msg.net_kw)) == (0, 96)
+    assert {blk.ptu for blk in offer.blocks} <= set(EVENING) and offer.blocks
+    blk = offer.blocks[0]
+    order = FlexOrder(round=offer.round, id="o-1", day=DAY, offer=offer.id, direction="up",
+                      profile_kw={blk.ptu: blk.kw / 2}, price=blk.price)  # fmt: skip
+    ack, _ = b.on_message("agr-1", order, 1.0)
+    assert ack.status == "ok", ack.detail
+    (bound,) = b.binding()
+    assert bound.start == datetime(2026, 1, 15, tzinfo=UTC) + blk.ptu * timedelta(minutes=15)
+    assert bound.max_net_w == pytest.approx(plan_msg.net_kw[blk.ptu] * 1000 - blk.kw * 500)
+
+
+def test_prices_after_the_deadline_are_refused() -> None:
+    ack, out = brain().on_message("agr-1", prices(), 5.0)  # answer_by is 0
+    assert ack.status == "refused" and "closed before it came" in ack.detail and out == []
+
+
+def test_orders_and_answers_survive_a_restart_and_reach_the_control_loop(tmp_path: Path) -> None:
+    taken: list[PlannedOrder] = []
+    state = tmp_path / "agent.json"
+    b = HomeBrain("home-1", "agr-1", make_inputs, EVENING, on_order=taken.extend, state=state)
+    _, out = b.on_message("agr-1", prices(), 0.0)
+    offer = out[1].message
+    assert isinstance(offer, FlexOffer)
+    blk = max(offer.blocks, key=lambda x: x.kw)
+    order = FlexOrder(round=offer.round, id="o-1", day=DAY, offer=offer.id, direction="up",
+                      profile_kw={blk.ptu: blk.kw / 2}, price=blk.price)  # fmt: skip
+    assert b.on_message("agr-1", order, 1.0)[0].status == "ok"
+    assert taken == b.binding() and len(taken) == 1
+
+    again = HomeBrain("home-1", "agr-1", make_inputs, EVENING, state=state)
+    assert again.binding() == b.binding()
+    assert again.accepted == b.accepted
+    assert again.answered[offer.round].net_w == b.answered[offer.round].net_w
+    assert again.answered[offer.round].revision == 1
+    assert again.on_message("agr-1", order, 2.0)[0].detail == "taken before"
+
+
+def test_a_changed_plan_is_sent_as_a_revision_only_when_a_coming_ptu_moved() -> None:
+    b = brain()
+    b.on_message("agr-1", prices(), 0.0)
+    a = b.answered[prices().round]
+    start = datetime(2026, 1, 15, tzinfo=UTC).timestamp()
+    now = start + 40 * 900  # PTU 40 has begun
+    past = [w + 5000 for w in a.net_w]  # a change in PTUs that are over is no news
+    assert b.revise(start, past[:40], now) == []
+    small = list(a.net_w)
+    small[50] += 400  # within revise_w
+    assert b.revise(start, small, now) == [] and a.revision == 0
+    big = list(a.net_w)
+    big[60] += 2000
+    (out,) = b.revise(start, big, now)
+    assert isinstance(out.message, PPlan) and out.message.revision == 1
+    assert out.message.net_kw[60] == pytest.approx(big[60] / 1000)
+    assert out.key == f"plan:{prices().round}:1"

@@ -1,0 +1,90 @@
+"""What each platform agent tells its operator: `status.json` in its state directory, rewritten
+every few seconds by `homeflex cloud run` (atomically), read by people, monitoring and the demo.
+
+An aggregator's status names its homes (the operator runs them); the DSO's holds only what the
+DSO itself knows: sums per congestion point and its orders to aggregators.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from homeflex.agents.node import Brain, Node
+from homeflex.cloud.aggregator.brain import AggregatorBrain
+from homeflex.cloud.dso.brain import DsoBrain
+
+
+def status(node: Node, brain: Brain) -> dict[str, Any]:
+    """The agent's status (call where the brain runs: NodeAgent.work)."""
+    out: dict[str, Any] = {
+        "name": node.name,
+        "messages": {"sent": node.sent, "resent": node.resent, "failed": node.failed},
+    }
+    if isinstance(brain, AggregatorBrain):
+        out.update(aggregator_status(brain))
+    elif isinstance(brain, DsoBrain):
+        out.update(dso_status(brain))
+    return out
+
+
+def aggregator_status(brain: AggregatorBrain) -> dict[str, Any]:
+    rounds = []
+    for r in brain.store.summaries():
+        held = brain.rounds.get(r["id"]) or brain.store.load(r["id"])
+        rounds.append(
+            {**r, "closed": r["closed_at"] is not None,
+             "missing": [] if held is None else held.missing()}
+        )  # fmt: skip
+    return {
+        "congestion_point": brain.congestion_point,
+        "rounds": rounds,
+        "requests": [
+            {
+                "id": rid,
+                "day": f.request.day.isoformat(),
+                "offered_kw": sum(b.kw for b in f.offer.blocks),
+                "orders": {
+                    dso_order: {home: o.profile_kw for home, o in sorted(per_home.items())}
+                    for dso_order, per_home in f.orders.items()
+                },
+            }
+            for rid, f in brain.flex.items()
+        ],
+    }
+
+
+def dso_status(brain: DsoBrain) -> dict[str, Any]:
+    checks = []
+    for c in brain.checks:
+        orders = []
+        if c.procurement is not None:
+            h = c.procurement.period_h
+            for o in c.procurement.orders():
+                kwh = sum(o.profile_kw.values()) * h
+                orders.append(
+                    {"id": o.id, "aggregator": o.participant, "kw": o.profile_kw,
+                     "price": o.price, "kwh": kwh, "eur": kwh * o.price}
+                )  # fmt: skip
+        checks.append(
+            {
+                "point": c.point.name,
+                "day": c.day.isoformat(),
+                "generation": c.generation,
+                "limit_kw": c.point.limit_kw,
+                "prognosis_kw": c.prognosis_kw(),
+                "after_kw": c.after_kw(),
+                "request_kw": {} if c.request is None else c.request.profile_kw,
+                "orders": orders,
+                "safe": c.safe,
+            }
+        )
+    return {"checks": checks}
+
+
+def write_status(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

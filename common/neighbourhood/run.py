@@ -1,0 +1,322 @@
+"""Starts the neighbourhood's processes, follows its day and stops every one of them.
+
+Timeline (real seconds from the start; simulated time runs `speed` times faster):
+- set-up: PKI, accounts, the XMPP server, a firmware-sim and a gateway per home, then the
+  aggregator and the DSO (`homeflex cloud run --open DAY`);
+- the evening before: the aggregator's day-ahead round, the DSO's check, offers and orders. The
+  devices rest in their initial state until the day begins (the simulators' clocks start at its
+  midnight), while the gateways, already on the simulated clock, plan the evening and the day;
+- the day: 24 simulated hours, every gateway following its plan and the orders it took, and
+  re-planning every PTU; a progress line every few simulated hours;
+- the end: gateways stopped first (their devices still answer), then the simulators, the
+  platform and the XMPP server; then the report.
+
+Every process is started in its own session and stopped (SIGTERM, then SIGKILL) whatever
+happens, Ctrl-C included; its output goes to `logs/<name>.log`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from homeflex.clock import PTU_SECONDS
+from homeflex.demo import sim_command, wait_for
+from homeflex.neighbourhood.scenario import AGGREGATOR, DSO, Neighbourhood, sim_start
+
+STARTUP_S = 25.0  # real seconds for the simulators and gateways to come up
+EVENING_BEFORE_S = 75.0  # real seconds of negotiation before the simulated day begins
+ANSWER_WINDOW_S = 50.0  # real seconds the homes have to answer the day-ahead prices
+TAIL_S = 1800.0  # simulated seconds the devices run on after the gateways stop
+PROGRESS_EVERY_S = 3 * 3600.0  # simulated
+
+
+@dataclass
+class Processes:
+    """Every process the demo started, stopped in reverse order at the end."""
+
+    logs: Path
+    started: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str], *, pipe: bool = False) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = (self.logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE if pipe else log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # a Ctrl-C in the terminal reaches the demo only
+        )
+        self.started.append((name, proc, log))
+        return proc
+
+    def check(self) -> None:
+        for name, proc, _ in self.started:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} stopped (exit {proc.returncode}); see {self.logs / name}.log"
+                )
+
+    def stop(self, name: str, timeout_s: float = 20.0) -> int | None:
+        for n, proc, log in self.started:
+            if n == name:
+                code = _stop(proc, timeout_s)
+                log.close()
+                return code
+        return None
+
+    def stop_all(self) -> None:
+        for _, proc, log in reversed(self.started):
+            _stop(proc, 10.0)
+            log.close()
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+def _ready_line(proc: subprocess.Popen[bytes], what: str, timeout_s: float) -> list[str]:
+    """The first line a server prints (`READY ...`), or an error saying what did not start."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    line = proc.stdout.readline().decode().split() if ready else []
+    if line[:1] != ["READY"]:
+        raise RuntimeError(f"{what} did not start within {timeout_s:.0f} s")
+    return line
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+@dataclass
+class Run:
+    nb: Neighbourhood
+    speed: float
+    say: Callable[[str], None] = print
+    procs: Processes = field(init=False)
+    anchor: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.procs = Processes(self.nb.workdir / "logs")
+
+    def sim_now(self) -> float:
+        return sim_start(self.nb.day).timestamp() + (time.time() - self.anchor) * self.speed
+
+    def local(self, ts: float) -> str:
+        return datetime.fromtimestamp(ts + 3600, UTC).strftime("%a %H:%M")
+
+    def start(self) -> None:
+        nb = self.nb
+        cfg = nb.workdir / "xmpp" / "xmpp.yaml"
+        cfg.write_text(yaml.safe_dump(nb.xmpp_config()))
+        xmpp = self.procs.start(
+            "xmpp", _python("homeflex.cloud.xmpp.embedded", "--config", str(cfg)), pipe=True
+        )
+        port = int(_ready_line(xmpp, "the XMPP server", 30)[2])
+        self.say(f"XMPP server (TLS, {nb.homes + 2} accounts) on 127.0.0.1:{port}")
+        self.anchor = time.time() + STARTUP_S + EVENING_BEFORE_S
+        start = sim_start(nb.day)
+        sims = {}
+        for name in nb.home_names():
+            d = nb.home_dir(name)
+            sims[name] = self.procs.start(
+                f"{name}-sim",
+                [*sim_command(), "run", str(d / "home.yaml"), "--state-dir", str(d / "sim"),
+                 "--speed", str(self.speed), "--start", start.isoformat(),
+                 "--anchor", str(self.anchor), "--duration", str(86400 + TAIL_S)],
+            )  # fmt: skip
+        for name in nb.home_names():
+            d = nb.home_dir(name)
+            endpoints_file = d / "sim" / "endpoints.json"
+            wait_for(endpoints_file, sims[name], 60)
+            endpoints = json.loads(endpoints_file.read_text())
+            gw_cfg = d / "gateway.yaml"
+            gw_cfg.write_text(
+                yaml.safe_dump(nb.gateway_config(name, endpoints, port), sort_keys=False)
+            )
+            self.procs.start(name, _python("homeflex.cli", "edge", "run", "--config", str(gw_cfg)))
+        self.say(f"{nb.homes} homes: a firmware-sim and a gateway each")
+        platform = nb.workdir / "cloud.yaml"
+        platform.write_text(
+            yaml.safe_dump(nb.platform_config(port, ANSWER_WINDOW_S), sort_keys=False)
+        )
+        cloud = self.procs.start(
+            "cloud",
+            _python("homeflex.cli", "cloud", "run", "--config", str(platform),
+                    "--open", nb.day.isoformat()),
+            pipe=True,
+        )  # fmt: skip
+        _ready_line(cloud, "the aggregator platform", 60)
+        self.say(
+            f"aggregator {AGGREGATOR} and {DSO} connected; transformer limit {nb.limit_kw:g} kW; "
+            f"day-ahead round for {nb.day} opened"
+        )
+
+    def follow(self) -> None:
+        """Until the simulated day is over: progress lines as the cycle and the day go on."""
+        end = sim_start(self.nb.day).timestamp() + 86400
+        said: set[str] = set()
+        next_hour = sim_start(self.nb.day).timestamp() + PROGRESS_EVERY_S
+        snapped: set[str] = set()
+        while self.sim_now() < end:
+            self.procs.check()
+            self._snap_midnight_plans(snapped)
+            for line in self._cycle_news(said):
+                self.say(line)
+            if self.sim_now() >= next_hour:
+                kw = self._neighbourhood_kw()
+                if kw is not None:
+                    self.say(
+                        f"{self.local(next_hour)}: the homes import {kw:5.1f} kW "
+                        f"(limit {self.nb.limit_kw:g} kW)"
+                    )
+                next_hour += PROGRESS_EVERY_S
+            time.sleep(0.5)
+
+    def _snap_midnight_plans(self, snapped: set[str]) -> None:
+        """Keep each home's plan of the day's midnight (with its KPIs against the baseline)
+        for the report: later plans cover only what is left of the day."""
+        midnight = f"{self.nb.day.isoformat()}T00:00:00Z"
+        for name in self.nb.home_names():
+            if name in snapped:
+                continue
+            d = self.nb.home_dir(name)
+            plan = _json(d / "gateway" / "plan.json")
+            if plan is not None and plan.get("start") == midnight:
+                (d / "plan-at-midnight.json").write_text(json.dumps(plan))
+                snapped.add(name)
+
+    def _cycle_news(self, said: set[str]) -> list[str]:
+        """What the agents report that was not said yet."""
+        news = []
+        agg = _json(self.nb.workdir / "cloud" / AGGREGATOR / "status.json") or {}
+        dso = _json(self.nb.workdir / "cloud" / DSO / "status.json") or {}
+        for r in agg.get("rounds", []):
+            key = f"round:{r['id']}:{r['closed']}"
+            if r["closed"] and key not in said:
+                said.add(key)
+                news.append(
+                    f"round {r['id']} closed: {r['answers']} of {self.nb.homes} homes answered"
+                )
+        for c in dso.get("checks", []):
+            key = f"check:{c['generation']}:{c['safe']}:{bool(c['orders'])}"
+            if key in said:
+                continue
+            if c["request_kw"] and not c["orders"] and c["safe"] is None:
+                said.add(key)
+                peak = max(c["prognosis_kw"])
+                news.append(
+                    f"DSO: D-prognosis peaks at {peak:.1f} kW, over the {self.nb.limit_kw:g} kW "
+                    f"limit in {len(c['request_kw'])} PTUs: asks for flexibility"
+                )
+            elif c["orders"]:
+                said.add(key)
+                bought = sum(o["kwh"] for o in c["orders"])
+                cost = sum(o["eur"] for o in c["orders"])
+                news.append(
+                    f"DSO: bought {bought:.1f} kWh for {cost:.2f} €; planned peak now "
+                    f"{max(c['after_kw']):.1f} kW"
+                )
+            elif c["safe"]:
+                said.add(key)
+                news.append(f"DSO: {c['day']} is safe (peak {max(c['prognosis_kw']):.1f} kW)")
+        orders = sum(len(_agent_status(self.nb, n).get("orders", [])) for n in self.nb.home_names())
+        if orders and f"orders:{orders}" not in said:
+            said.add(f"orders:{orders}")
+            news.append(f"homes hold {orders} flexibility orders")
+        return news
+
+    def _neighbourhood_kw(self) -> float | None:
+        """The homes' mean import over the last complete PTU, from the simulated meters."""
+        total, n = 0.0, 0
+        for name in self.nb.home_names():
+            rows = _csv_tail(self.nb.home_dir(name) / "sim" / "meter_ptu.csv", 2)
+            if len(rows) == 2:
+                (_, i0, e0), (_, i1, e1) = rows
+                total += ((i1 - i0) - (e1 - e0)) / 1000 / (PTU_SECONDS / 3600)
+                n += 1
+        return total if n else None
+
+    def finish(self) -> None:
+        for name in self.nb.home_names():
+            self.procs.stop(name)
+        self.say("gateways stopped")
+        deadline = time.time() + TAIL_S / self.speed + 30
+        for name in self.nb.home_names():
+            for n, proc, _ in self.procs.started:
+                if n == f"{name}-sim":
+                    proc.wait(max(1.0, deadline - time.time()))
+        self.procs.stop("cloud")
+        self.procs.stop("xmpp")
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def _agent_status(nb: Neighbourhood, name: str) -> dict[str, Any]:
+    status = _json(nb.home_dir(name) / "gateway" / "status.json") or {}
+    agent: dict[str, Any] = status.get("agent", {})
+    return agent
+
+
+def _csv_tail(path: Path, n: int) -> list[tuple[float, float, float]]:
+    try:
+        lines = path.read_text().splitlines()[1:]
+    except OSError:
+        return []
+    rows = [tuple(float(x) for x in r) for r in csv.reader(lines[-n:])]
+    return [(r[0], r[1], r[2]) for r in rows if len(r) == 3]
+
+
+def run(homes: int, speed: float, workdir: Path, say: Callable[[str], None] = print) -> Path:
+    """The whole demo; returns the report's path."""
+    from homeflex.neighbourhood.report import write_report
+
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    nb = Neighbourhood(workdir, homes)
+    began = time.time()
+    nb.prepare()
+    r = Run(nb, speed, say)
+    day_s = 86400 / speed
+    say(
+        f"neighbourhood of {homes} homes, {nb.day}, at {speed:g}x: about "
+        f"{STARTUP_S + EVENING_BEFORE_S + day_s + 30:.0f} s; logs in {nb.workdir / 'logs'}"
+    )
+    try:
+        r.start()
+        r.follow()
+        r.finish()
+    finally:
+        r.procs.stop_all()
+    report = write_report(nb, time.time() - began)
+    say(f"done in {time.time() - began:.0f} s; report: {report}")
+    return report
