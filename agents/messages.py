@@ -8,9 +8,9 @@ behaviour only ever sees checked values: series of the right length, finite kW a
 within bounds, known PTUs. Quantities are kW (the mean over a PTU) and prices € per kWh, as in
 cloud/market; PTUs are indexes into the day the message names (0..95 for 15-minute PTUs).
 
-Privacy is in the shapes (seed 004 C.1.3): a D-prognosis and the aggregator's offers to the DSO
-carry sums per congestion point, never a home; orders and settlements name only the party they
-are sent to.
+Privacy is in the shapes (seed 004 C.1.3): a D-prognosis, the aggregator's offers and its
+metered energies to the DSO carry sums per congestion point, never a home; orders and
+settlements name only the party they are sent to.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ ID = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 KW_BOUND = 1e6  # kW either way: a congestion point's sum stays far below a GW
 PRICE_BOUND = 10.0  # €/kWh either way, as cloud/market's objects
 Kw = Annotated[float, Field(ge=-KW_BOUND, le=KW_BOUND, allow_inf_nan=False)]
+Kwh = Kw  # a PTU's energy: a quarter of its mean kW, within the same bound
 Price = Annotated[float, Field(ge=-PRICE_BOUND, le=PRICE_BOUND, allow_inf_nan=False)]
 Ptu = Annotated[int, Field(ge=0, le=95)]
 MAX_BYTES = 256 * 1024  # a payload larger than any valid message of ours
@@ -204,6 +205,26 @@ class Settlement(Payload):
     penalty_eur: float = Field(ge=0, allow_inf_nan=False)
 
 
+class Metered(Series):
+    """Aggregator → DSO, after the day: the metered net import of its homes at one congestion
+    point, summed (kWh per PTU from `first_ptu` on, negative = export), for the PTUs of the
+    DSO's orders of the day; never a home's own series. `homes` counts the homes summed: those
+    whose P-plans made the D-prognosis the orders were bought on."""
+
+    congestion_point: ID
+    net_kwh: list[Kwh]
+    homes: int = Field(ge=1, description="how many homes the sum covers")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Metered:
+        self._check_series(net_kwh=self.net_kwh)
+        return self
+
+    def kwh(self) -> dict[int, float]:
+        """PTU of the day → kWh."""
+        return {self.first_ptu + n: v for n, v in enumerate(self.net_kwh)}
+
+
 class Ack(Payload):
     """The answer to a message (the envelope's in_reply_to names it): taken, or refused with
     why. Handling is idempotent, so the same message acknowledged twice is answered alike."""
@@ -230,6 +251,7 @@ MESSAGES: dict[str, type[Payload]] = {
     "forecast-request": ForecastRequest,
     "forecast": Forecast,
     "settlement": Settlement,
+    "metered": Metered,
     "ack": Ack,
     "security-event": SecurityEvent,
 }

@@ -3,7 +3,8 @@ one relation roles alone cannot express: a home talks only to its own aggregator
 aggregator only to its own homes.
 
 The table is the whole policy; the message types are the USEF cycle's (prices, flexibility
-request/offer/order, prognoses, settlement), forecasts, acknowledgements and security events.
+request/offer/order, prognoses, metered sums, settlement), forecasts, acknowledgements and
+security events.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _DIRECT: frozenset[tuple[Role, str, Role]] = frozenset(
         (F, "forecast", A),
         (A, "settlement", H),
         (D, "settlement", A),
+        (A, "metered", D),  # the sum of its homes' meters, for the DSO's settlement
         # every party reports refusals it saw to the security service
         *((role, "security-event", S) for role in Role),
     }

@@ -2,7 +2,9 @@
 every few seconds by `homeflex cloud run` (atomically), read by people, monitoring and the demo.
 
 An aggregator's status names its homes (the operator runs them); the DSO's holds only what the
-DSO itself knows: sums per congestion point and its orders to aggregators.
+DSO itself knows: sums per congestion point and its orders to aggregators. Both show their
+latest settlements from their ledgers (per order: delivered kWh, payment, penalty); the
+aggregator also what the DSO settled of its own orders, and the meter sums it sent the DSO.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from typing import Any
 from homeflex.agents.node import Brain, Node
 from homeflex.cloud.aggregator.brain import AggregatorBrain
 from homeflex.cloud.dso.brain import DsoBrain
+from homeflex.cloud.market.settlement import Entry, Ledger, SettlementRecord
+
+LATEST = 200  # ledger entries shown: the status is rewritten every few seconds, the ledger grows
 
 
 def status(node: Node, brain: Brain) -> dict[str, Any]:
@@ -38,8 +43,15 @@ def aggregator_status(brain: AggregatorBrain) -> dict[str, Any]:
             {**r, "closed": r["closed_at"] is not None,
              "missing": [] if held is None else held.missing()}
         )  # fmt: skip
+    ledger = brain.settling.ledger if brain.settling else None
+    entries = latest(ledger)
     return {
         "congestion_point": brain.congestion_point,
+        "settlements": settlements(entries),
+        "metered": [e.data() for e in entries if e.kind == "metered"],
+        "dso_settlements": {
+            oid: s.model_dump(mode="json") for oid, s in sorted(brain.dso_settlements.items())
+        },
         "rounds": rounds,
         "requests": [
             {
@@ -81,7 +93,32 @@ def dso_status(brain: DsoBrain) -> dict[str, Any]:
                 "safe": c.safe,
             }
         )
-    return {"checks": checks}
+    return {"checks": checks, "settlements": settlements(latest(brain.ledger))}
+
+
+def latest(ledger: Ledger | None) -> list[Entry]:
+    """The ledger's last LATEST entries, oldest first."""
+    if ledger is None:
+        return []
+    rows = ledger.db.execute(
+        "SELECT seq, ts, kind, body, prev, hash FROM ledger ORDER BY seq DESC LIMIT ?", (LATEST,)
+    ).fetchall()
+    return [Entry(*row) for row in reversed(rows)]
+
+
+def settlements(entries: list[Entry]) -> list[dict[str, Any]]:
+    """Each settlement entry as order, participant, kWh delivered and short, € paid, penalty."""
+    out = []
+    for e in entries:
+        if e.kind != "settlement":
+            continue
+        r = SettlementRecord.model_validate(e.data())
+        out.append(
+            {"order": r.order, "participant": r.participant, "delivered_kwh": r.delivered_kwh,
+             "shortfall_kwh": r.shortfall_kwh, "payment_eur": r.payment_eur,
+             "penalty_eur": r.penalty_eur, "net_eur": r.net_eur}
+        )  # fmt: skip
+    return out
 
 
 def write_status(path: Path, data: dict[str, Any]) -> None:

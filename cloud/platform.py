@@ -14,6 +14,12 @@ the file has none (by default the gateway's 0.30 and 0.05 €/kWh):
 and load forecasts for its sites (cloud/forecast/): a home's site is named like the home, and
 only that home and the site's `readers` may ask for it.
 
+Settle: an aggregator with `history` (the history ingest's data directory) settles each day
+with DSO orders `settle_after_s` after its end (the agents' clock), from its homes' metered PTU
+energies there (the device `meter_device` of each home's gateway): each home its Settlement,
+the DSO one sum of the homes per day (cloud/aggregator/brain.py). Its ledger, and the DSO's,
+is `ledger.db` in the agent's state directory; a kWh short costs `penalty_eur_kwh`.
+
 ```yaml
 xmpp: {domain: xmpp.example.net, address: 127.0.0.1, port: 5222}
 state_dir: /var/lib/homeflex/agents
@@ -26,10 +32,15 @@ aggregators:
     prices: {import_eur_kwh: 0.25, export_eur_kwh: 0.05}
     day_ahead_at: "12:00"
     answer_window_s: 600
+    history: /var/lib/homeflex/history   # optional: without it the aggregator does not settle
+    meter_device: meter
+    settle_after_s: 1800
+    penalty_eur_kwh: 0.1
 dso:
   credentials: /etc/homeflex/dso-1
   password_file: /etc/homeflex/dso-1/xmpp-password
   max_price: 0.25
+  penalty_eur_kwh: 0.1
   points: [{name: trafo-1, limit_kw: 280, aggregators: {agr-1: /etc/homeflex/agr-1/cert.pem}}]
 forecaster:
   credentials: /etc/homeflex/forecast-1
@@ -63,12 +74,14 @@ from homeflex.agents.permissions import Permissions
 from homeflex.agents.rounds import RoundStore
 from homeflex.agents.xmpp_tls import XmppEndpoint
 from homeflex.cloud.agent_status import status, write_status
-from homeflex.cloud.aggregator.brain import AggregatorBrain, DayPrices
+from homeflex.cloud.aggregator.brain import AggregatorBrain, DayPrices, Settling
 from homeflex.cloud.aggregator.local_market import PaymentRule
+from homeflex.cloud.aggregator.meters import HistoryDirMeters
 from homeflex.cloud.aggregator.prices import FilePrices
 from homeflex.cloud.dso.brain import CongestionPoint, DsoBrain
 from homeflex.cloud.forecast.brain import ForecasterBrain
 from homeflex.cloud.forecast.site import Site
+from homeflex.cloud.market.settlement import Ledger
 from homeflex.pki.bundle import Credentials
 from homeflex.security import SecurityLog
 
@@ -90,6 +103,9 @@ class Xmpp(Strict):
 class Party(Strict):
     credentials: Path
     password_file: Path
+
+
+Penalty = Field(0.1, ge=0, le=10, allow_inf_nan=False, description="€ per kWh not delivered")
 
 
 class Peer(Strict):
@@ -125,6 +141,14 @@ class AggregatorConfig(Party):
     )
     answer_window_s: float = Field(600.0, gt=0)
     payment: PaymentRule = "pay-as-bid"  # how a home's share of a DSO order is priced
+    history: Path | None = Field(
+        None, description="the history ingest's data directory; null: no settling"
+    )
+    meter_device: str = Field("meter", min_length=1, description="the homes' meter device id")
+    settle_after_s: float = Field(
+        1800.0, ge=0, allow_inf_nan=False, description="after a day's end, when settling begins"
+    )
+    penalty_eur_kwh: float = Penalty
 
 
 class PointConfig(Strict):
@@ -140,6 +164,7 @@ class DsoConfig(Party):
         120.0, gt=0, description="how long a check waits for silent aggregators' D-prognoses"
     )
     offer_window_s: float = Field(120.0, gt=0, description="how long offers are awaited")
+    penalty_eur_kwh: float = Penalty
 
 
 class ForecasterConfig(Party):
@@ -194,10 +219,16 @@ def build(cfg: PlatformConfig) -> list[tuple[NodeAgent, Brain, time | None]]:
     for a in cfg.aggregators:
 
         def aggregator(name: str, state: Path, a: AggregatorConfig = a) -> AggregatorBrain:
+            settling = None
+            if a.history is not None:
+                settling = Settling(
+                    HistoryDirMeters(a.history, a.meter_device), Ledger(state / "ledger.db"),
+                    penalty_eur_kwh=a.penalty_eur_kwh, after_s=a.settle_after_s,
+                )  # fmt: skip
             return AggregatorBrain(
                 name, frozenset(a.homes), a.dso.name, a.congestion_point,
                 RoundStore(state / "rounds.db"), day_prices(a.prices),
-                answer_window_s=a.answer_window_s, payment=a.payment,
+                answer_window_s=a.answer_window_s, payment=a.payment, settling=settling,
             )  # fmt: skip
 
         peers = [a.dso.certificate, *a.homes.values()]
@@ -209,7 +240,8 @@ def build(cfg: PlatformConfig) -> list[tuple[NodeAgent, Brain, time | None]]:
 
         def dso(name: str, state: Path) -> DsoBrain:
             return DsoBrain(name, points, d.max_price, prognosis_wait_s=d.prognosis_wait_s,
-                            offer_window_s=d.offer_window_s)  # fmt: skip
+                            offer_window_s=d.offer_window_s, ledger=Ledger(state / "ledger.db"),
+                            penalty_eur_kwh=d.penalty_eur_kwh)  # fmt: skip
 
         peers = [path for p in d.points for path in p.aggregators.values()]
         agent, brain = _agent(cfg, d, peers, dso)
@@ -297,6 +329,10 @@ def build_check(cfg: PlatformConfig) -> None:
         for path in [a.dso.certificate, *a.homes.values()]:
             _chain(path)
         day_prices(a.prices)  # ConfigError with the price file, line and field
+        if a.history is not None and not a.history.is_dir():
+            raise FileNotFoundError(
+                f"{a.history}: no such directory; `history:` is the history ingest's data directory"
+            )
     for p in cfg.dso.points if cfg.dso else []:
         for path in p.aggregators.values():
             _chain(path)

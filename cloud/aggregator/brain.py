@@ -12,6 +12,15 @@ uniform or VCG), and sends each home its order, delivered until acknowledged. Se
 home order is measured against the home's P-plan before it; the DSO's settlements of the
 aggregator's own orders are taken and kept (`dso_settlements`).
 
+Settle on the platform (`settling`): on a tick, each day with DSO orders whose end is
+`after_s` past is settled from the homes' meters (cloud/aggregator/meters.py: the history
+service's PTU energies, final ones only), every `retry_s` until it is done: each home order
+once its home's readings cover the ordered PTUs (the ledger keeps it, the home gets its
+Settlement); and once every home the DSO's orders were bought on (those whose P-plans made the
+D-prognosis) has readings for the PTUs the DSO ordered, the DSO gets one `Metered`: their sum
+per PTU, no home's own series (seed 004 C.1.3). It is recorded in the ledger when sent, so it
+is sent once; delivery retries it until the DSO acknowledges.
+
 Operate (cloud/aggregator/operate.py): homes keep sending P-plan revisions after the round
 closed, and they are taken. A PTU that begins less than an hour from now and is not over is
 locked (gate closure): it is no longer offered to the DSO. On each tick, wherever in a locked
@@ -29,9 +38,10 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 
 from homeflex.agents.messages import (
     Ack,
@@ -39,6 +49,7 @@ from homeflex.agents.messages import (
     FlexOffer,
     FlexOrder,
     FlexRequest,
+    Metered,
     OfferBlock,
     Payload,
     PPlan,
@@ -48,12 +59,15 @@ from homeflex.agents.messages import (
 from homeflex.agents.node import Outgoing, Reporting
 from homeflex.agents.rounds import Round, RoundStore
 from homeflex.cloud.aggregator.local_market import PaymentRule, split
+from homeflex.cloud.aggregator.meters import Meters, day_start
 from homeflex.cloud.aggregator.operate import TOLERANCE_KW, Operate, locked
 from homeflex.cloud.market import objects as mo
 from homeflex.cloud.market.settlement import Ledger, settle
 
 log = logging.getLogger(__name__)
 PRICE_STEP = 0.01  # €/kWh: tiers are home prices rounded up to this
+# a settlement or a day's meter sum is delivered for days: the other side may be down a while
+SETTLED_TTL_S = 7 * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -73,10 +87,27 @@ class Flex:
     tiers: dict[tuple[float, bool], dict[int, list[tuple[float, str, float]]]]
     tier_ids: dict[str, tuple[float, bool]] = field(init=False)  # the offer's, as orders name them
     orders: dict[str, dict[str, FlexOrder]] = field(default_factory=dict)  # DSO order → home
+    sold: dict[str, FlexOrder] = field(default_factory=dict)  # the DSO's orders taken, by id
     baselines: dict[str, list[float]] = field(default_factory=dict)  # home → P-plan, kW per PTU
 
     def __post_init__(self) -> None:
         self.tier_ids = self.offer.tiers()
+
+
+@dataclass
+class Settling:
+    """How the aggregator settles its days on its own (module docstring): the homes' meters,
+    its ledger, the penalty for a kWh short (€), how long after a day's end settling begins and
+    how often it is tried until the day is done (seconds of the agents' clock)."""
+
+    meters: Meters
+    ledger: Ledger
+    penalty_eur_kwh: float = 0.1
+    after_s: float = 1800.0
+    retry_s: float = 60.0
+    next_try: float = field(default=0.0, init=False)
+    done: set[date] = field(default_factory=set, init=False)  # days nothing is left to do for
+    waiting: dict[date, list[str]] = field(default_factory=dict, init=False)  # for meters of
 
 
 class AggregatorBrain(Reporting):
@@ -92,6 +123,7 @@ class AggregatorBrain(Reporting):
         answer_window_s: float = 120.0,
         payment: PaymentRule = "pay-as-bid",
         redispatch_tolerance_kw: float = TOLERANCE_KW,
+        settling: Settling | None = None,
     ) -> None:
         self.name = name
         self.payment = payment  # how each home's share of a DSO order is priced
@@ -111,6 +143,7 @@ class AggregatorBrain(Reporting):
         self.dso_settlements: dict[str, Settlement] = {}  # the DSO's order id →
         self.to_open: list[date] = []  # days to open a round for at the next tick
         self.operate = Operate(name, store, tolerance_kw=redispatch_tolerance_kw)
+        self.settling = settling
 
     def round_id(self, day: date, seq: int = 0) -> str:
         """Round `seq` for `day`: 0 the day-ahead one, 1, 2 … the plans made again later."""
@@ -177,7 +210,7 @@ class AggregatorBrain(Reporting):
                 assert isinstance(prognosis.message, DPrognosis)
                 self.operate.follow(r, prognosis.message, now)
                 out.append(prognosis)
-        return out + self.operate.tick(now)
+        return out + self.operate.tick(now) + self._settle_due(now)
 
     def on_delivered(self, key: str, ack: Ack, now: float) -> list[Outgoing]:
         self.operate.delivered(key, ack.status == "ok")  # a refused order is not in force
@@ -235,7 +268,74 @@ class AggregatorBrain(Reporting):
                         payment_eur=record.payment_eur,
                         penalty_eur=record.penalty_eur,
                     )
-                    out.append(Outgoing(home, msg, key=f"settlement:{order.id}"))
+                    out.append(
+                        Outgoing(home, msg, key=f"settlement:{order.id}", ttl_s=SETTLED_TTL_S)
+                    )
+        return out
+
+    def _settle_due(self, now: float) -> list[Outgoing]:
+        """Settle the days that are due (module docstring), at most every `retry_s`. A history
+        that cannot be read is logged and tried again: the tick's other work goes on."""
+        s = self.settling
+        if s is None or now < s.next_try:
+            return []
+        days = {f.request.day for f in self.flex.values() if f.sold} - s.done
+        due = [d for d in sorted(days) if now >= day_start(d + timedelta(days=1)) + s.after_s]
+        if due:
+            s.next_try = now + s.retry_s
+        out = []
+        for day in due:
+            try:
+                out += self.settle_day(day, s)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("%s: %s not settled now (tried again): %s", self.name, day, exc)
+        return out
+
+    def settle_day(self, day: date, s: Settling) -> list[Outgoing]:
+        """What can be settled of `day` now: home orders (`settle`) and the DSO's `Metered`."""
+        flexes = [f for f in self.flex.values() if f.request.day == day and f.sold]
+        # the homes whose P-plans made the D-prognosis the DSO bought on: its baseline's homes
+        homes = sorted({h for f in flexes for h in f.answers.plans})
+        ordered = {h for f in flexes for per_home in f.orders.values() for h in per_home}
+        metered = s.meters.day_kwh(sorted(set(homes) | ordered), day)
+        out = self.settle(day, metered, s.ledger, s.penalty_eur_kwh)
+        entries = s.ledger.entries()
+        sent = any(
+            e.kind == "metered"
+            and e.data()["day"] == day.isoformat()
+            and e.data()["congestion_point"] == self.congestion_point
+            for e in entries
+        )
+        if not sent:
+            ptus = {t for f in flexes for o in f.sold.values() for t in o.profile_kw}
+            first, last = min(ptus), max(ptus)
+            span = range(first, last + 1)
+            waiting = [h for h in homes if any(t not in metered.get(h, {}) for t in span)]
+            if waiting:
+                if s.waiting.get(day) != waiting:  # said once, not on every try
+                    s.waiting[day] = waiting
+                    log.info("%s: %s: the DSO's sum waits for the meters of %s",
+                             self.name, day, ", ".join(waiting))  # fmt: skip
+            else:
+                msg = Metered(
+                    day=day,
+                    first_ptu=first,
+                    congestion_point=self.congestion_point,
+                    net_kwh=[sum(metered[h][t] for h in homes) for t in span],
+                    homes=len(homes),
+                )
+                s.ledger.append("metered", msg.model_dump(mode="json"))
+                key = f"metered:{self.congestion_point}:{day.isoformat()}"
+                out.append(Outgoing(self.dso, msg, key=key, ttl_s=SETTLED_TTL_S))
+                sent = True
+        settled = {e.data()["order"] for e in s.ledger.entries() if e.kind == "settlement"}
+        homes_done = all(
+            o.id in settled for f in flexes for per_home in f.orders.values()
+            for o in per_home.values()
+        )  # fmt: skip
+        if sent and homes_done:
+            s.done.add(day)
+            log.info("%s: %s settled", self.name, day)
         return out
 
     def _dso_settlement(self, s: Settlement) -> tuple[Ack, list[Outgoing]]:
@@ -325,6 +425,7 @@ class AggregatorBrain(Reporting):
             for n, (home, share) in enumerate(sorted(shares.items()))
         }
         flex.orders[order.id] = home_orders
+        flex.sold[order.id] = order
         for home in home_orders:  # the P-plan the order is measured against, before any re-plan
             plan = answers.plans[home]
             flex.baselines.setdefault(home, [0.0] * plan.first_ptu + list(plan.net_kw))

@@ -20,6 +20,13 @@ stacked, cheapest first, see `_keep_baselines`), from the metered energy of the 
 homes at the point, summed (kWh per PTU); paid at the order's price for what was delivered,
 penalised for the rest (cloud/market/settlement.py), recorded once in the ledger and sent to the
 aggregator. The DSO's ledger names aggregators only.
+
+On the platform the aggregator sends, after the day, one `Metered` per day and congestion
+point: the sum of its homes' meters over the PTUs it was ordered. It settles that aggregator's
+orders of the day at the point (with the brain's `ledger` and `penalty_eur_kwh`). The same
+Metered again changes nothing; another one for a day and point taken before is refused (each
+order is settled once), as is one for a point the aggregator is not registered at, or one that
+does not cover every PTU of its orders (the Ack says which).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from homeflex.agents.messages import (
     FlexOffer,
     FlexOrder,
     FlexRequest,
+    Metered,
     Payload,
     Settlement,
 )
@@ -46,6 +54,7 @@ from homeflex.cloud.market.settlement import Ledger, settle
 
 log = logging.getLogger(__name__)
 PTUS = 96
+SETTLED_TTL_S = 7 * 86_400.0  # a settlement is delivered for days: the aggregator may be down
 
 
 @dataclass(frozen=True)
@@ -88,11 +97,13 @@ class Check:
 @dataclass(frozen=True)
 class Placed:
     """An order the DSO placed, with what it is settled against: the D-prognosis of its
-    aggregator the purchase was made on, kW per PTU of the day."""
+    aggregator the purchase was made on, kW per PTU of the day; `point` is the congestion
+    point it was bought for."""
 
     aggregator: str
     order: FlexOrder
     baseline_kw: dict[int, float]
+    point: str
 
 
 class DsoBrain(Reporting):
@@ -105,6 +116,8 @@ class DsoBrain(Reporting):
         prognosis_wait_s: float = 120.0,
         offer_window_s: float = 120.0,
         period_h: float = 0.25,
+        ledger: Ledger | None = None,
+        penalty_eur_kwh: float = 0.1,
     ) -> None:
         self.name = name
         self.points = {p.name: p for p in points}
@@ -114,6 +127,9 @@ class DsoBrain(Reporting):
         self.period_h = period_h
         self.checks: list[Check] = []  # in the order they began
         self.placed: dict[str, Placed] = {}  # order id → the order and its baseline
+        self.ledger = ledger  # where `Metered` is settled into; None: it is refused
+        self.penalty_eur_kwh = penalty_eur_kwh
+        self.metered: dict[tuple[str, str, date], Metered] = {}  # (aggregator, point, day) →
 
     def check(self, point: str, day: date) -> Check | None:
         """The latest validation of `point` on `day`."""
@@ -127,6 +143,8 @@ class DsoBrain(Reporting):
             return self._prognosis(sender, message, now)
         if isinstance(message, FlexOffer):
             return self._offer(sender, message, now)
+        if isinstance(message, Metered):
+            return self._metered(sender, message)
         return Ack(status="refused", detail=f"the DSO takes no {type(message).__name__}"), []
 
     def _prognosis(self, sender: str, p: DPrognosis, now: float) -> tuple[Ack, list[Outgoing]]:
@@ -268,9 +286,40 @@ class DsoBrain(Reporting):
             }
             for t, kw in msg.profile_kw.items():
                 mine[t] = mine.get(t, 0.0) + kw
-            self.placed.setdefault(msg.id, Placed(agg, msg, baseline))
+            self.placed.setdefault(msg.id, Placed(agg, msg, baseline, check.point.name))
 
     # --- settle ----------------------------------------------------------------------------
+
+    def _metered(self, sender: str, m: Metered) -> tuple[Ack, list[Outgoing]]:
+        """An aggregator's metered sum for a day at a point: its orders there settled."""
+        point = self.points.get(m.congestion_point)
+        if point is None or sender not in point.aggregators:
+            detail = f"{sender} is not registered at congestion point {m.congestion_point!r}"
+            return Ack(status="refused", detail=detail), []
+        key = (sender, point.name, m.day)
+        before = self.metered.get(key)
+        if before == m:
+            return Ack(status="ok", detail="taken before"), []
+        where = f"{m.day} at {point.name}"
+        if before is not None:
+            detail = f"the metered energies of {where} were taken before with other values"
+            return Ack(status="refused", detail=detail), []
+        if self.ledger is None:
+            return Ack(status="refused", detail=f"{self.name} keeps no ledger: no settling"), []
+        orders = [p for p in self.placed.values() if (p.aggregator, p.point, p.order.day) == key]
+        if not orders:
+            return Ack(status="refused", detail=f"no order placed with {sender} for {where}"), []
+        kwh = m.kwh()
+        for p in sorted(orders, key=lambda p: p.order.id):
+            missing = sorted(set(p.order.profile_kw) - set(kwh))
+            if missing:
+                ptus = ", ".join(str(t) for t in missing)
+                detail = f"order {p.order.id}: no metered energy for PTU {ptus} of {m.day}"
+                return Ack(status="refused", detail=detail[:500]), []
+        self.metered[key] = m
+        out = self.settle(m.day, {sender: kwh}, self.ledger, self.penalty_eur_kwh,
+                          aggregator=sender, point=point.name)  # fmt: skip
+        return Ack(status="ok"), out
 
     def settle(
         self,
@@ -278,12 +327,16 @@ class DsoBrain(Reporting):
         metered_kwh: Mapping[str, Mapping[int, float]],
         ledger: Ledger,
         penalty_eur_kwh: float,
+        *,
+        aggregator: str | None = None,
+        point: str | None = None,
     ) -> list[Outgoing]:
-        """Each order placed for `day` measured against its baseline (module docstring) from
-        `metered_kwh`: per aggregator, the metered kWh of its homes at the point per PTU. An
-        order without a meter reading for every ordered PTU waits for the next call (nothing is
-        paid without proof); one the ledger holds is not settled again. Returns a Settlement
-        per order settled now, to its aggregator."""
+        """Each order placed for `day` (with `aggregator`, at `point`, when given) measured
+        against its baseline (module docstring) from `metered_kwh`: per aggregator, the
+        metered kWh of its homes at the point per PTU. An order without a meter reading for
+        every ordered PTU waits for the next call (nothing is paid without proof); one the
+        ledger holds is not settled again. Returns a Settlement per order settled now, to its
+        aggregator."""
         aggregators = set().union(*(p.aggregators for p in self.points.values()))
         strangers = sorted(set(metered_kwh) - aggregators)
         if strangers:
@@ -296,6 +349,8 @@ class DsoBrain(Reporting):
         for oid, placed in sorted(self.placed.items()):
             order = placed.order
             if order.day != day or oid in settled:
+                continue
+            if aggregator not in (None, placed.aggregator) or point not in (None, placed.point):
                 continue
             try:
                 record = settle(
@@ -322,7 +377,9 @@ class DsoBrain(Reporting):
                 payment_eur=record.payment_eur,
                 penalty_eur=record.penalty_eur,
             )
-            out.append(Outgoing(placed.aggregator, msg, key=f"settlement:{oid}"))
+            out.append(
+                Outgoing(placed.aggregator, msg, key=f"settlement:{oid}", ttl_s=SETTLED_TTL_S)
+            )
         return out
 
 

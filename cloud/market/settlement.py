@@ -205,7 +205,8 @@ class Ledger:
         self.path = Path(path)
         self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None)
+        # one caller at a time, not always on the thread that opened it (NodeAgent.work)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:

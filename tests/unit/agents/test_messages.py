@@ -18,6 +18,7 @@ from homeflex.agents.messages import (
     Forecast,
     ForecastRequest,
     MessageError,
+    Metered,
     OfferBlock,
     PPlan,
     Prices,
@@ -73,6 +74,7 @@ EXAMPLES = [
         payment_eur=0.06,
         penalty_eur=0.05,
     ),
+    Metered(day=DAY, first_ptu=76, congestion_point="trafo-7", net_kwh=[7.5] * 8, homes=10),
     Ack(status="ok"),
     SecurityEvent(kind="bad-signature", source="xmpp home-9", detail="signature does not verify"),
 ]

@@ -38,6 +38,7 @@ def test_the_usef_cycle_goes_the_right_way() -> None:
         "forecast-request": {(H, F), (A, F)},
         "forecast": {(F, H), (F, A)},
         "settlement": {(A, H), (D, A)},
+        "metered": {(A, D)},
         "security-event": {(r, Role.SERVICE) for r in Role},
         "ack": {(H, A), (A, H), (A, D), (D, A), (H, F), (F, H), (A, F), (F, A)},
     }
