@@ -119,6 +119,7 @@ def home_section(home: dict[str, Any], prices_file: Path) -> dict[str, Any]:
                     "max_current_a": dev.get("max_current_a", 16),
                     "ready_by": visit["leave"],
                     "energy_needed_wh": need,
+                    "expected_arrival": visit["arrive"],
                 }
             )
         elif kind == "heat_pump":

@@ -119,7 +119,9 @@ class PvConfig(Strict):
 
 class EvConfig(Strict):
     """A charger and its owner's wish: `energy_needed_wh` into the car, per plug-in, by the next
-    `ready_by`. Planned only while the charger reports a car connected."""
+    `ready_by`. Planned while the charger reports a car connected; while it is away, from
+    `expected_arrival` (the owner's usual plug-in time) if given, so that the day-ahead plan
+    and the neighbourhood see the charging to come."""
 
     kind: Literal["ev"] = "ev"
     id: str
@@ -129,11 +131,14 @@ class EvConfig(Strict):
     efficiency: float = 0.9
     ready_by: time = Field(description="local time of day the car must be charged by")
     energy_needed_wh: float = Field(ge=0, description="energy into the car per plug-in")
+    expected_arrival: time | None = Field(
+        None, description="local time of day the car is usually plugged in"
+    )
 
-    def spec(self, now: float, depart: float, delivered_wh: float) -> EvSpec:
+    def spec(self, arrive: float, depart: float, delivered_wh: float) -> EvSpec:
         return EvSpec(
             id=self.id,
-            arrive=datetime.fromtimestamp(now, UTC),
+            arrive=datetime.fromtimestamp(arrive, UTC),
             depart=datetime.fromtimestamp(depart, UTC),
             energy_needed_wh=max(0.0, self.energy_needed_wh - delivered_wh),
             min_current_a=self.min_current_a,
@@ -414,7 +419,10 @@ class Home:
             connected, counter = value(Quantity.EV_CONNECTED), value(Quantity.IMPORT_WH)
             if connected is not None and connected < 0.5:
                 self._sessions.pop(d.id, None)  # unplugged: the next plug-in is a new session
-                return None
+                if d.expected_arrival is None:
+                    return None
+                arrive = site.next_time(now, d.expected_arrival)
+                return d.spec(arrive, site.next_time(arrive, d.ready_by), 0.0)
             if connected is None:
                 return None  # not known: the charger keeps its own setting
             delivered = 0.0  # without the charger's counter: as if just plugged in

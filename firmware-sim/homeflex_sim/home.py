@@ -152,6 +152,7 @@ class Home:
                 max_current_a=dev.max_current_a,
                 setpoint_a=dev.setpoint_a,
                 utc_offset_h=site.utc_offset_h,
+                phases=1 if dev.id in self.spec.phases else 3,
             )
         raise AssertionError(f"no physics for {dev.kind}")
 

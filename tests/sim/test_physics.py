@@ -191,3 +191,14 @@ def test_meter_phases_and_voltage_drop() -> None:
     assert m.power_l2_w == pytest.approx(1000 + home.base.power_w)
     assert m.voltage_l2_v < m.voltage_l1_v < 230.0
     assert math.isclose(m.current_l1_a, 1000 / 230)
+
+
+def test_single_phase_ev_draws_one_phase_and_the_meter_sees_it_there() -> None:
+    home = Home(home_spec(ev(setpoint_a=10), phases={"base": 2, "ev": 3}), WINTER + 17 * 3600)
+    home.step()
+    charger, m = home.physics["ev"], home.meter
+    assert charger.ev_connected == 1
+    assert charger.power_w == pytest.approx(10 * 230)
+    assert charger.current_a == pytest.approx(10)
+    assert m.power_l3_w == pytest.approx(10 * 230)
+    assert m.power_l1_w == pytest.approx(0)

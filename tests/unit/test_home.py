@@ -4,7 +4,7 @@ price file: values checked spec by spec; price file changes and mistakes."""
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -193,6 +193,21 @@ def test_state_changes_between_plans(tmp_path: Path) -> None:
     # an appliance that is running or idle is not planned
     running = home.make_inputs(NOW, snapshot(washer__appliance_state=5))
     assert "washer" not in {d.id for d in running.devices}
+
+
+def test_a_car_away_is_planned_from_its_usual_arrival(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    ev = next(d for d in cfg.devices if d.id == "ev")
+    cfg.devices[cfg.devices.index(ev)] = ev.model_copy(update={"expected_arrival": time(18, 0)})
+    home = Home(cfg)
+    # 08:07 local (UTC+2), the car away: its session from 18:00 local to 07:30 tomorrow
+    away = spec(home.make_inputs(NOW, snapshot(ev__ev_connected=0, ev__import_wh=500.0)), "ev")
+    assert away.arrive == datetime(2026, 6, 1, 16, 0, tzinfo=UTC)
+    assert away.depart == datetime(2026, 6, 2, 5, 30, tzinfo=UTC)
+    assert away.energy_needed_wh == 10_000
+    # plugged in: from now, as before
+    home_now = spec(home.make_inputs(NOW, snapshot(ev__ev_connected=1, ev__import_wh=500.0)), "ev")
+    assert home_now.arrive == datetime.fromtimestamp(NOW, UTC)
 
 
 def counters(dev: str, start: float, ptus: int, import_w: float, export_w: float) -> list[Reading]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 VOLTAGE_V = 230.0
-PHASES = 3
 MIN_CURRENT_A = 6.0  # IEC 61851: below 6 A a car cannot charge; 0 pauses
 CAR_EFFICIENCY = 0.92  # share of AC energy that reaches the car's battery
 
@@ -28,7 +27,8 @@ class Visit:
 
 
 class EvCharger:
-    """A SimLoad (three-phase); `import_wh` counts the energy delivered."""
+    """A SimLoad on three phases, or on one where the home's `phases` names it; `import_wh` counts
+    the energy delivered."""
 
     def __init__(
         self,
@@ -38,8 +38,10 @@ class EvCharger:
         max_current_a: float,
         setpoint_a: float,
         utc_offset_h: float,
+        phases: int = 3,
     ) -> None:
         self.name = name
+        self.phases = phases
         self.visits = visits
         self.max_current_a = max_current_a
         self.utc_offset_h = utc_offset_h
@@ -74,10 +76,10 @@ class EvCharger:
             self.car_wh = visit.capacity_wh * visit.soc_pct / 100.0 if visit else 0.0
         self.ev_connected = 1.0 if visit else 0.0
         hours = dt / 3600.0
-        p = self.setpoint_a * VOLTAGE_V * PHASES if visit else 0.0
+        p = self.setpoint_a * VOLTAGE_V * self.phases if visit else 0.0
         room_wh = self.car_capacity_wh - self.car_wh
         p = min(p, room_wh / (CAR_EFFICIENCY * hours)) if room_wh > 1e-6 else 0.0
         self.car_wh += p * hours * CAR_EFFICIENCY
         self.power_w = p
-        self.current_a = p / (VOLTAGE_V * PHASES)
+        self.current_a = p / (VOLTAGE_V * self.phases)
         self.import_wh += p * hours
