@@ -72,6 +72,11 @@ class Answered:
     first_ptu: int
     net_w: list[float]
     revision: int = 0
+    day_ahead_w: list[float] = field(default_factory=list)  # revision 0, as first sent
+
+    def __post_init__(self) -> None:
+        if not self.day_ahead_w:
+            self.day_ahead_w = list(self.net_w)
 
     def at(self, ptu: int) -> float:
         return self.net_w[ptu - self.first_ptu]
@@ -82,6 +87,7 @@ class Answered:
             "first_ptu": self.first_ptu,
             "net_w": self.net_w,
             "revision": self.revision,
+            "day_ahead_w": self.day_ahead_w,
         }
 
     @classmethod
@@ -91,6 +97,7 @@ class Answered:
             data["first_ptu"],
             data["net_w"],
             data["revision"],
+            data.get("day_ahead_w", []),
         )
 
 
@@ -162,6 +169,11 @@ class HomeBrain(Reporting):
         trade = [p - k0 for p in self.offer_ptus if first <= p < end]
         plan, points = envelope(inputs, trade)
         self.answered[prices.round] = Answered(prices, first, plan.net_w[first - k0 : end - k0])
+        log.info(
+            "%s: answering %s with a plan from %s over %d PTUs of %s (%s)",
+            self.name, prices.round, inputs.start.isoformat(timespec="minutes"), inputs.ptus,
+            ", ".join(d.id for d in inputs.devices) or "no devices", prices.day,
+        )  # fmt: skip
         blocks = []
         for e in points:
             down_w = e.planned_w - e.min_w

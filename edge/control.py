@@ -218,6 +218,7 @@ class ControlLoop:
         planner: Callable[[PlanInputs], Plan] = solve,
         executor: Executor | None = None,
         reading_max_age_s: float = 60.0,
+        device_max_age_s: Mapping[str, float] | None = None,
         deviation_w: float = 1500.0,
         deviation_cycles: int = 3,
     ) -> None:
@@ -227,6 +228,9 @@ class ControlLoop:
         self._planner = planner
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="planner")
         self._max_age = reading_max_age_s
+        # a device polled less often than that: a few of its intervals (a reading is not stale
+        # just because the next poll is not due yet)
+        self._device_max_age = dict(device_max_age_s or {})
         self._latest: dict[tuple[str, Quantity], Reading] = {}
         self._solving: tuple[Future[Plan], PlanInputs] | None = None
         self.plan: tuple[Plan, PlanInputs] | None = None  # the planner's latest
@@ -307,8 +311,14 @@ class ControlLoop:
 
     def snapshot(self) -> Snapshot:
         """The latest reading of each (device, quantity), frozen; older than the limit: absent."""
-        oldest = self.clock.now() - self._max_age
-        return MappingProxyType({k: r for k, r in self._latest.items() if r.ts >= oldest})
+        now = self.clock.now()
+        return MappingProxyType(
+            {
+                k: r
+                for k, r in self._latest.items()
+                if r.ts >= now - max(self._max_age, self._device_max_age.get(k[0], 0.0))
+            }
+        )
 
     def cycle(self, readings: Iterable[Reading]) -> list[Command]:
         now = self.clock.now()

@@ -45,6 +45,7 @@ T = TypeVar("T")
 BATCH_MAX = 5000
 FLUSH_EVERY_S = 0.5  # real seconds between store commits while readings arrive
 STATUS_EVERY_S = 2.0
+STALE_POLLS = 3  # a device's reading counts for the planner until this many polls are missed
 RETENTION_EVERY_S = 3600.0  # gateway-clock seconds
 STOP_TIMEOUT_S = 10.0  # real seconds the tasks, then the devices and the store, get to stop
 RETENTION_CHUNK = 20_000
@@ -109,7 +110,11 @@ class Gateway:
         if self.home is not None:
             self.home.prices.reload()
             self.control = ControlLoop(
-                self.clock, self.home.cfg.meter, self.home.make_inputs, self._planner
+                self.clock,
+                self.home.cfg.meter,
+                self.home.make_inputs,
+                self._planner,
+                device_max_age_s={d.id: STALE_POLLS * d.poll_s for d in self.cfg.devices},
             )
         if self.zigbee is not None:
             await self.zigbee.start()  # after the drivers exist: it pairs the ones not yet joined

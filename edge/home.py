@@ -409,7 +409,9 @@ class Home:
             return BatterySpec.model_validate(data)
         if isinstance(d, PvConfig):
             history = self.history.pv_w.get(d.id, {})
-            forecast = pv_forecast(start, n, history, site.latitude, site.longitude)
+            forecast = pv_forecast(
+                start, n, history, site.latitude, site.longitude, peak_w=d.peak_w
+            )
             return PvSpec(
                 id=d.id,
                 forecast_w=[min(d.peak_w, w) for w in forecast],

@@ -23,7 +23,7 @@ from homeflex.configfile import parse_config
 from homeflex.edge.home import PriceFile
 from homeflex.edge.planner.forecast import resample
 from homeflex.edge.store import Store
-from homeflex.neighbourhood.scenario import AGGREGATOR, DSO, Neighbourhood, sim_start
+from homeflex.neighbourhood.scenario import AGGREGATOR, DSO, Neighbourhood, day_start
 
 PTUS = 96
 H_PER_PTU = PTU_SECONDS / 3600
@@ -106,7 +106,7 @@ def _json(path: Path) -> Any:
 
 def day_prices(nb: Neighbourhood) -> tuple[list[float], list[float]]:
     series = parse_config(nb.prices_file.read_text(), PriceFile, str(nb.prices_file))
-    first = round((sim_start(nb.day).timestamp() - series.start.timestamp()) / PTU_SECONDS)
+    first = round((day_start(nb.day).timestamp() - series.start.timestamp()) / PTU_SECONDS)
     imp = resample(series.import_price, series.series_step_s)[first : first + PTUS]
     exp = resample(series.export_price, series.series_step_s)[first : first + PTUS]
     return list(imp), list(exp)
@@ -124,7 +124,7 @@ def _metered(store: Store, device: str, day0: float) -> list[tuple[float, float]
 
 def home_result(nb: Neighbourhood, name: str, imp: list[float], exp: list[float]) -> HomeResult:
     d = nb.home_dir(name)
-    day0 = sim_start(nb.day).timestamp()
+    day0 = day_start(nb.day).timestamp()
     store = Store.open(d / "gateway" / "store.db", read_only=True)
     try:
         meter = _metered(store, "meter", day0)
@@ -142,8 +142,8 @@ def home_result(nb: Neighbourhood, name: str, imp: list[float], exp: list[float]
     p_plan: list[float | None] = [None] * PTUS
     for a in agent.get("answered", {}).values():
         if a["prices"]["day"] == nb.day.isoformat():
-            for k, w in enumerate(a["net_w"]):
-                p_plan[a["first_ptu"] + k] = w / 1000
+            for k, w in enumerate(a.get("day_ahead_w") or a["net_w"]):
+                p_plan[a["first_ptu"] + k] = w / 1000  # as first sent: the day-ahead P-plan
     earned = sum(s["payment_eur"] - s["penalty_eur"] for s in agent.get("settlements", {}).values())
     plan_bill = baseline_bill = None
     snapshot = _json(d / "plan-at-midnight.json")
@@ -220,6 +220,14 @@ def _hours() -> list[float]:
     return [(t + 0.5) * H_PER_PTU + 1 for t in range(PTUS)]  # local time (UTC+1), mid-PTU
 
 
+def _clock_axis(ax: Any) -> None:
+    """The market day runs from 00:00 to 24:00 UTC, 01:00 to 01:00 local: label hours on the
+    clock."""
+    ticks = list(range(1, 26, 3))
+    ax.set_xlim(1, 25)
+    ax.set_xticks(ticks, [f"{h % 24:02d}:00" for h in ticks])
+
+
 def charts(result: Result, out: Path) -> dict[str, str]:
     import matplotlib
 
@@ -230,13 +238,16 @@ def charts(result: Result, out: Path) -> dict[str, str]:
     hours = _hours()
     fig, ax = plt.subplots(figsize=(10, 4.2))
     if result.before_kw:
-        ax.plot(hours, result.before_kw, "--", color="#b35806", label="D-prognosis before")
+        ax.step(
+            hours, result.before_kw, "--", where="mid", color="#b35806", label="D-prognosis before"
+        )
     if result.after_kw:
-        ax.plot(hours, result.after_kw, color="#542788", label="planned after orders")
+        ax.step(hours, result.after_kw, where="mid", color="#542788", label="planned after orders")
     metered = [float("nan") if v is None else v for v in result.metered_kw]
     ax.step(hours, metered, where="mid", color="#1b7837", label="metered")
     ax.axhline(result.limit_kw, color="#d73027", linewidth=1.5, label="transformer limit")
-    ax.set(xlabel="local time (h)", ylabel="kW", title="Transformer load", xlim=(1, 25))
+    ax.set(xlabel="local time", ylabel="kW", title="Transformer load")
+    _clock_axis(ax)
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -247,7 +258,8 @@ def charts(result: Result, out: Path) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(10, 2.8))
     ax.step(hours, result.import_price, where="mid", label="import")
     ax.step(hours, result.export_price, where="mid", label="export")
-    ax.set(xlabel="local time (h)", ylabel="€/kWh", title="Day-ahead prices", xlim=(1, 25))
+    ax.set(xlabel="local time", ylabel="€/kWh", title="Day-ahead prices")
+    _clock_axis(ax)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -261,18 +273,19 @@ def charts(result: Result, out: Path) -> dict[str, str]:
     for ax, h in zip(axes.flat, result.homes, strict=False):
         plan = [float("nan") if v is None else v for v in h.p_plan_kw]
         got = [float("nan") if v is None else v for v in h.metered_kw]
-        ax.plot(hours, plan, color="#542788", linewidth=1, label="P-plan")
+        ax.step(hours, plan, where="mid", color="#542788", linewidth=1, label="day-ahead P-plan")
         ax.step(hours, got, where="mid", color="#1b7837", linewidth=1, label="metered")
         for ptu in h.ordered:
             ax.axvspan(1 + ptu * H_PER_PTU, 1 + (ptu + 1) * H_PER_PTU, color="#fdb863", alpha=0.5)
         ax.set_title(f"{h.name}: {', '.join(x for x in h.devices if x != 'meter')}", fontsize=8)
+        _clock_axis(ax)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(result.homes) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="upper left")
     fig.supylabel("kW (import +)")
-    fig.supxlabel("local time (h); orange: PTUs with a flexibility order")
+    fig.supxlabel("local time; orange: PTUs with a flexibility order")
     fig.tight_layout()
     fig.savefig(out / "homes.png", dpi=80)
     plt.close(fig)

@@ -3,9 +3,10 @@
 Timeline (real seconds from the start; simulated time runs `speed` times faster):
 - set-up: PKI, accounts, the XMPP server, a firmware-sim and a gateway per home, then the
   aggregator and the DSO (`homeflex cloud run --open DAY`);
-- the evening before: the aggregator's day-ahead round, the DSO's check, offers and orders. The
-  devices rest in their initial state until the day begins (the simulators' clocks start at its
-  midnight), while the gateways, already on the simulated clock, plan the evening and the day;
+- the evening before, from 21:00 UTC: the devices run (the commuters' cars are home, the
+  evening trips are over) and the gateways plan them; once they do, the aggregator and the DSO
+  start and run the day-ahead round: prices, P-plans and offers, the DSO's check, its request,
+  offers and orders;
 - the day: 24 simulated hours, every gateway following its plan and the orders it took, and
   re-planning every PTU; a progress line every few simulated hours;
 - the end: gateways stopped first (their devices still answer), then the simulators, the
@@ -36,13 +37,14 @@ import yaml
 
 from homeflex.clock import PTU_SECONDS
 from homeflex.demo import sim_command, wait_for
-from homeflex.neighbourhood.scenario import AGGREGATOR, DSO, Neighbourhood, sim_start
+from homeflex.neighbourhood.scenario import AGGREGATOR, DSO, Neighbourhood, day_start
 
 STARTUP_S = 25.0  # real seconds for the simulators and gateways to come up
-EVENING_BEFORE_S = 75.0  # real seconds of negotiation before the simulated day begins
+DAY_BEFORE_S = 3 * 3600.0  # simulated seconds the devices run before the day: the negotiation
 ANSWER_WINDOW_S = 50.0  # real seconds the homes have to answer the day-ahead prices
 TAIL_S = 1800.0  # simulated seconds the devices run on after the gateways stop
 PROGRESS_EVERY_S = 3 * 3600.0  # simulated
+MARKER = ".homeflex-demo"  # the work directory is the demo's to remove on the next run
 
 
 @dataclass
@@ -122,8 +124,12 @@ class Run:
     def __post_init__(self) -> None:
         self.procs = Processes(self.nb.workdir / "logs")
 
+    @property
+    def sim_from(self) -> float:
+        return day_start(self.nb.day).timestamp() - DAY_BEFORE_S
+
     def sim_now(self) -> float:
-        return sim_start(self.nb.day).timestamp() + (time.time() - self.anchor) * self.speed
+        return self.sim_from + (time.time() - self.anchor) * self.speed
 
     def local(self, ts: float) -> str:
         return datetime.fromtimestamp(ts + 3600, UTC).strftime("%a %H:%M")
@@ -137,8 +143,8 @@ class Run:
         )
         port = int(_ready_line(xmpp, "the XMPP server", 30)[2])
         self.say(f"XMPP server (TLS, {nb.homes + 2} accounts) on 127.0.0.1:{port}")
-        self.anchor = time.time() + STARTUP_S + EVENING_BEFORE_S
-        start = sim_start(nb.day)
+        self.anchor = time.time() + STARTUP_S
+        start = datetime.fromtimestamp(self.sim_from, UTC)
         sims = {}
         for name in nb.home_names():
             d = nb.home_dir(name)
@@ -146,7 +152,7 @@ class Run:
                 f"{name}-sim",
                 [*sim_command(), "run", str(d / "home.yaml"), "--state-dir", str(d / "sim"),
                  "--speed", str(self.speed), "--start", start.isoformat(),
-                 "--anchor", str(self.anchor), "--duration", str(86400 + TAIL_S)],
+                 "--anchor", str(self.anchor), "--duration", str(DAY_BEFORE_S + 86400 + TAIL_S)],
             )  # fmt: skip
         for name in nb.home_names():
             d = nb.home_dir(name)
@@ -159,6 +165,9 @@ class Run:
             )
             self.procs.start(name, _python("homeflex.cli", "edge", "run", "--config", str(gw_cfg)))
         self.say(f"{nb.homes} homes: a firmware-sim and a gateway each")
+        # The round opens once the devices run: the gateways then plan what they see (a
+        # commuter's car plugged in for the night), not the simulators' resting state.
+        time.sleep(max(0.0, self.anchor + 1.0 - time.time()))
         platform = nb.workdir / "cloud.yaml"
         platform.write_text(
             yaml.safe_dump(nb.platform_config(port, ANSWER_WINDOW_S), sort_keys=False)
@@ -177,9 +186,9 @@ class Run:
 
     def follow(self) -> None:
         """Until the simulated day is over: progress lines as the cycle and the day go on."""
-        end = sim_start(self.nb.day).timestamp() + 86400
+        end = day_start(self.nb.day).timestamp() + 86400
         said: set[str] = set()
-        next_hour = sim_start(self.nb.day).timestamp() + PROGRESS_EVERY_S
+        next_hour = day_start(self.nb.day).timestamp() + PROGRESS_EVERY_S
         snapped: set[str] = set()
         while self.sim_now() < end:
             self.procs.check()
@@ -221,28 +230,30 @@ class Run:
                 news.append(
                     f"round {r['id']} closed: {r['answers']} of {self.nb.homes} homes answered"
                 )
+        limit = self.nb.limit_kw
         for c in dso.get("checks", []):
-            key = f"check:{c['generation']}:{c['safe']}:{bool(c['orders'])}"
-            if key in said:
-                continue
-            if c["request_kw"] and not c["orders"] and c["safe"] is None:
-                said.add(key)
-                peak = max(c["prognosis_kw"])
+            gen = c["generation"]
+            if c["request_kw"] and f"request:{gen}" not in said:
+                said.add(f"request:{gen}")
                 news.append(
-                    f"DSO: D-prognosis peaks at {peak:.1f} kW, over the {self.nb.limit_kw:g} kW "
-                    f"limit in {len(c['request_kw'])} PTUs: asks for flexibility"
+                    f"DSO: D-prognosis peaks at {max(c['prognosis_kw']):.1f} kW, over the "
+                    f"{limit:g} kW limit in {len(c['request_kw'])} PTUs: asks for flexibility"
                 )
-            elif c["orders"]:
-                said.add(key)
+            if c["safe"] is None or f"decided:{gen}" in said:
+                continue
+            said.add(f"decided:{gen}")
+            if c["orders"]:
                 bought = sum(o["kwh"] for o in c["orders"])
                 cost = sum(o["eur"] for o in c["orders"])
                 news.append(
                     f"DSO: bought {bought:.1f} kWh for {cost:.2f} €; planned peak now "
                     f"{max(c['after_kw']):.1f} kW"
                 )
-            elif c["safe"]:
-                said.add(key)
-                news.append(f"DSO: {c['day']} is safe (peak {max(c['prognosis_kw']):.1f} kW)")
+            if c["safe"]:
+                news.append(f"DSO: {c['day']} is safe (planned peak {max(c['after_kw']):.1f} kW)")
+            else:
+                over = sum(1 for kw in c["after_kw"] if kw > limit + 1e-6)
+                news.append(f"DSO: not enough flexibility offered; {over} PTUs stay over the limit")
         orders = sum(len(_agent_status(self.nb, n).get("orders", [])) for n in self.nb.home_names())
         if orders and f"orders:{orders}" not in said:
             said.add(f"orders:{orders}")
@@ -300,16 +311,23 @@ def run(homes: int, speed: float, workdir: Path, say: Callable[[str], None] = pr
     """The whole demo; returns the report's path."""
     from homeflex.neighbourhood.report import write_report
 
-    if workdir.exists():
-        shutil.rmtree(workdir)
+    if workdir.exists() and any(workdir.iterdir()):
+        if not (workdir / MARKER).exists():
+            raise RuntimeError(
+                f"{workdir} exists and was not written by the demo; choose another --workdir"
+            )
+        shutil.rmtree(workdir)  # the previous run's
     nb = Neighbourhood(workdir, homes)
     began = time.time()
     nb.prepare()
+    (workdir / MARKER).write_text("written by homeflex demo; removed by the next run\n")
     r = Run(nb, speed, say)
-    day_s = 86400 / speed
+    # SIGTERM (a `timeout`, a service manager) stops the demo as Ctrl-C does: through the
+    # `finally` below, which stops every process it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     say(
         f"neighbourhood of {homes} homes, {nb.day}, at {speed:g}x: about "
-        f"{STARTUP_S + EVENING_BEFORE_S + day_s + 30:.0f} s; logs in {nb.workdir / 'logs'}"
+        f"{STARTUP_S + (DAY_BEFORE_S + 86400) / speed + 30:.0f} s; logs in {nb.workdir / 'logs'}"
     )
     try:
         r.start()

@@ -3,10 +3,11 @@ configuration file the processes are started with, all under one work directory.
 
 The homes are drawn from a seeded generator, so every run of the demo simulates the same
 neighbourhood: a March weekday in the south of the Netherlands, PV on most roofs, a battery in
-every third home, heat pumps in half of them, and cars that come home between 17:30 and 19:00
-and charge on one phase. The evening, when the cars arrive, the heat pumps run and the
-households cook, is the transformer's peak; its limit is set below that peak so that the DSO
-has a congestion to solve.
+every third home, heat pumps in half of them, a commuter's car that charges on one phase
+through the night in every fifth home, and in two of five a car that is home only from about
+17:00 to 21:00 and must be charged on three phases for an evening trip. The evening, when those
+cars charge, is the transformer's peak; its limit is set below that peak so that the DSO has a
+congestion to solve.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ AGGREGATOR = "lfa-1"
 DSO = "dso-1"
 POINT = "trafo-1"
 MAX_PRICE = 0.40  # €/kWh the DSO pays at most
-TRANSFORMER_KW_PER_HOME = 1.9  # the limit: below the evening peak of these homes' plans
+TRANSFORMER_KW_PER_HOME = 2.4  # the limit: below the evening peak of these homes' plans
 POLL_S = {"meter": 60.0}  # simulated seconds; every other device 120 s
 OTHER_POLL_S = 120.0
 SITE = {"latitude": 51.44, "longitude": 5.48, "utc_offset_h": 1}
@@ -80,12 +81,22 @@ def home_spec(i: int, seed: int = 2026) -> dict[str, Any]:
             "house_ua_w_k": rng.choice([130, 160, 190]), "room_temp_c": 20.0,
             "modbus": {"port": 0, "unit": 1, "template": "heat-pump"},
         })  # fmt: skip
-    if i % 5 in (0, 2, 3):
+    if i % 5 in (0, 3):
+        # An evening trip: the car is home from about 17:00 to 21:00 and must be charged for it
+        # on three phases; this is what makes the evening peak a planner cannot move away.
+        devices.append({
+            "id": "ev", "kind": "ev_charger", "max_current_a": 16, "setpoint_a": 16,
+            "visits": [{"arrive": rng.choice(["17:00", "17:30"]), "leave": "21:00",
+                        "soc_pct": 45, "capacity_wh": 40000}],
+            "modbus": {"port": 0, "unit": 1, "template": "ev-charger"},
+        })  # fmt: skip
+    elif i % 5 == 2:
+        # A commuter's car on a one-phase charger: home from the evening to the morning.
         arrive = f"{rng.choice([17, 18])}:{rng.choice(['00', '30'])}"
         devices.append({
             "id": "ev", "kind": "ev_charger", "max_current_a": 16, "setpoint_a": 16,
             "visits": [{"arrive": arrive, "leave": rng.choice(["07:00", "07:30", "08:00"]),
-                        "soc_pct": rng.choice([30, 40, 50]), "capacity_wh": 60000}],
+                        "soc_pct": rng.choice([40, 50, 60]), "capacity_wh": 60000}],
             "modbus": {"port": 0, "unit": 1, "template": "ev-charger"},
         })  # fmt: skip
         phases["ev"] = 1
@@ -101,9 +112,8 @@ def home_spec(i: int, seed: int = 2026) -> dict[str, Any]:
     }
 
 
-def sim_start(day: date = DAY) -> datetime:
-    """The simulated physics begins at the day's midnight (UTC): the negotiation of the evening
-    before happens while the devices rest in their initial state."""
+def day_start(day: date = DAY) -> datetime:
+    """The market day runs from midnight to midnight UTC (01:00 to 01:00 local)."""
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
@@ -140,7 +150,7 @@ class Neighbourhood:
 
     def prepare(self) -> None:
         """PKI, XMPP accounts, the home descriptions and the price file."""
-        self.workdir.mkdir(parents=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         root, fleet_dir = self.pki / "root", self.pki / "fleet"
         root.mkdir(parents=True)
         fleet_dir.mkdir()
@@ -164,7 +174,7 @@ class Neighbourhood:
                 accounts.add_account(f"{name}@{DOMAIN}", password)
         finally:
             fleet.close()
-        start = sim_start(self.day) - timedelta(days=1)
+        start = day_start(self.day) - timedelta(days=1)
         self.prices_file.write_text(yaml.safe_dump(day_ahead_prices(start, days=3)))
         for i, name in enumerate(self.home_names()):
             d = self.home_dir(name)
@@ -196,8 +206,9 @@ class Neighbourhood:
         home["prices"] = {"file": str(self.prices_file)}
         home["cycle_s"] = 120  # simulated seconds; a PTU lasts under 2 s of real time
         home["solve_time_limit_s"] = 2.0
+        one_phase = yaml.safe_load((d / "home.yaml").read_text()).get("phases", {})
         for dev in home["devices"]:
-            if dev["kind"] == "ev":
+            if dev["kind"] == "ev" and dev["id"] in one_phase:
                 dev["phases"] = 1
         party = self.party(name)
         cfg["credentials"] = str(party.creds)

@@ -24,6 +24,9 @@ def resample(values: Sequence[float], step_s: int) -> list[float]:
     return [v for v in values for _ in range(k)]
 
 
+NO_HISTORY_SHARE = 0.3  # of the panels' peak power, at midday, for a box without PV history
+
+
 def pv_forecast(
     start: float,
     ptus: int,
@@ -31,11 +34,14 @@ def pv_forecast(
     latitude: float,
     longitude: float,
     days: int = 3,
+    peak_w: float | None = None,
 ) -> list[float]:
     """PV power per PTU: the clear-sky shape scaled by the ratio of what the panels produced over
     the last `days` days to the clear-sky shape over the same PTUs (persistence of recent weather
-    and of the installation's size, orientation and shading). No history → zeros: better to plan
-    without sun than to count on sun that is not there."""
+    and of the installation's size, orientation and shading). No history (a box just installed):
+    `NO_HISTORY_SHARE` of the installer's `peak_w` at the shape's peak, a cautious guess: a plan
+    without any sun would also tell the aggregator and the DSO of midday imports that will not
+    come; without `peak_w`, zeros."""
     shape = clear_sky_shape(start, ptus, latitude, longitude)
     past_start = start - days * DAY_S
     past_shape = clear_sky_shape(past_start, days * PTUS_PER_DAY, latitude, longitude)
@@ -45,8 +51,9 @@ def pv_forecast(
         if value is not None and s > 0:
             produced += max(0.0, value)
             expected += s
-    scale = produced / expected if expected else 0.0
-    return [s * scale for s in shape]
+    if not expected:
+        return [s * NO_HISTORY_SHARE * (peak_w or 0.0) for s in shape]
+    return [s * produced / expected for s in shape]
 
 
 def base_load_forecast(

@@ -446,3 +446,14 @@ def test_inputs_that_cannot_be_built_keep_the_plan_in_force(clock: FakeClock) ->
     assert loop.cycle(normal(clock)) == []
     assert loop.current is None
     loop.close()
+
+
+def test_a_reading_counts_until_its_device_misses_polls(clock: FakeClock) -> None:
+    # the meter polled often: the default age; the heat pump polled every 120 s: 360 s
+    loop = ControlLoop(clock, "meter", home(CHEAP_FIRST), device_max_age_s={"hp": 360.0})
+    loop.cycle(readings(clock, meter__power_w=500.0, hp__room_temp_c=20.5))
+    clock.t += 61
+    loop.cycle([])
+    assert set(loop.snapshot()) == {("hp", Quantity.ROOM_TEMP_C)}
+    clock.t += 300
+    assert set(loop.snapshot()) == set()

@@ -143,7 +143,8 @@ def test_inputs_map_the_snapshot_and_the_config(tmp_path: Path) -> None:
     assert (bat.max_charge_w, bat.max_discharge_w, bat.charge_efficiency) == (5000, 4000, 0.96)
 
     pv = spec(inputs, "pv")
-    assert isinstance(pv, PvSpec) and pv.forecast_w == [0.0] * 96  # no history: no sun counted on
+    # no history yet: a cautious share of the 3 kW peak, in the clear-sky shape
+    assert isinstance(pv, PvSpec) and max(pv.forecast_w) == pytest.approx(0.3 * 3000)
 
     ev = spec(inputs, "ev")
     assert isinstance(ev, EvSpec)

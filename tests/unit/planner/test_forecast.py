@@ -43,7 +43,13 @@ def test_pv_forecast_scales_the_clear_sky_to_what_the_panels_delivered() -> None
     forecast = pv_forecast(DAY, 96, history, *BRUSSELS)
     assert max(forecast) == pytest.approx(0.6 * 5000, rel=0.02)
     assert forecast[0] == 0 and forecast[-1] == 0  # night
-    assert pv_forecast(DAY, 96, {}, *BRUSSELS) == [0.0] * 96  # no history: no sun promised
+    assert pv_forecast(DAY, 96, {}, *BRUSSELS) == [0.0] * 96  # no history nor size: no sun
+    # a box just installed: a cautious share of the panels' peak, in the clear-sky shape
+    new = pv_forecast(DAY, 96, {}, *BRUSSELS, peak_w=5000)
+    assert max(new) == pytest.approx(0.3 * 5000)
+    assert new == pytest.approx([0.3 * 5000 * s for s in clear_sky_shape(DAY, 96, *BRUSSELS)])
+    # history, where there is some, decides
+    assert pv_forecast(DAY, 96, history, *BRUSSELS, peak_w=5000) == forecast
 
 
 def test_base_load_uses_same_weekday_then_recent_days() -> None:
