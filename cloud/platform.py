@@ -148,6 +148,9 @@ class AggregatorConfig(Party):
     settle_after_s: float = Field(
         1800.0, ge=0, allow_inf_nan=False, description="after a day's end, when settling begins"
     )
+    settle_retry_s: float = Field(
+        60.0, gt=0, allow_inf_nan=False, description="how often settling is tried until done"
+    )
     penalty_eur_kwh: float = Penalty
 
 
@@ -224,6 +227,7 @@ def build(cfg: PlatformConfig) -> list[tuple[NodeAgent, Brain, time | None]]:
                 settling = Settling(
                     HistoryDirMeters(a.history, a.meter_device), Ledger(state / "ledger.db"),
                     penalty_eur_kwh=a.penalty_eur_kwh, after_s=a.settle_after_s,
+                    retry_s=a.settle_retry_s,
                 )  # fmt: skip
             return AggregatorBrain(
                 name, frozenset(a.homes), a.dso.name, a.congestion_point,

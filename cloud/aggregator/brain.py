@@ -243,6 +243,8 @@ class AggregatorBrain(Reporting):
                 for home, order in sorted(per_home.items()):
                     if order.id in settled:
                         continue
+                    if self.operate.void(order.id, day):
+                        continue  # refused by the home: never in force, neither paid nor fined
                     base = flex.baselines[home]
                     try:
                         record = settle(

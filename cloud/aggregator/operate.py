@@ -224,6 +224,11 @@ class Operate:
                     self._keep(c, o)
                     log.warning("%s: %s to %s is not in force", self.name, oid, o.home)
 
+    def void(self, oid: str, day: date) -> bool:
+        """Whether the home refused order `oid` of `day`, or never acknowledged it (read from
+        the store for a day no longer followed)."""
+        return any(o.void for c in self._day(day) if (o := c.orders.get(oid)) is not None)
+
     # --- the tick ----------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[Outgoing]:

@@ -38,11 +38,20 @@ import yaml
 from homeflex.clock import PTU_SECONDS
 from homeflex.demo import sim_command, wait_for
 from homeflex.neighbourhood.scenario import AGGREGATOR, DSO, Neighbourhood, day_start
+from homeflex.neighbourhood.telemetry import (
+    broker_command,
+    ingest_command,
+    pick_port,
+    wait_broker,
+    wait_ingest,
+)
 
 STARTUP_S = 25.0  # real seconds for the simulators and gateways to come up
 DAY_BEFORE_S = 3 * 3600.0  # simulated seconds the devices run before the day: the negotiation
 ANSWER_WINDOW_S = 50.0  # real seconds the homes have to answer the day-ahead prices
 TAIL_S = 1800.0  # simulated seconds the devices run on after the gateways stop
+AFTER_DAY_S = 1200.0  # simulated seconds the gateways run into the next day
+SETTLE_WAIT_S = 30.0  # real seconds the aggregator and the DSO get to settle the day
 PROGRESS_EVERY_S = 3 * 3600.0  # simulated
 MARKER = ".homeflex-demo"  # the work directory is the demo's to remove on the next run
 
@@ -143,6 +152,13 @@ class Run:
         )
         port = int(_ready_line(xmpp, "the XMPP server", 30)[2])
         self.say(f"XMPP server (TLS, {nb.homes + 2} accounts) on 127.0.0.1:{port}")
+        # telemetry before the gateways: the broker keeps nothing for a subscriber not there yet
+        mqtt_port = pick_port()
+        broker = self.procs.start("mqtt", broker_command(nb.pki, nb.workdir, mqtt_port))
+        wait_broker(broker, nb.workdir)
+        ingest = self.procs.start("history-ingest", ingest_command(nb.pki, nb.workdir, mqtt_port))
+        wait_ingest(ingest, self.procs.logs / "history-ingest.log")
+        self.say(f"MQTT broker (Mosquitto, TLS) on 127.0.0.1:{mqtt_port} and the history ingest")
         self.anchor = time.time() + STARTUP_S
         start = datetime.fromtimestamp(self.sim_from, UTC)
         sims = {}
@@ -161,7 +177,7 @@ class Run:
             endpoints = json.loads(endpoints_file.read_text())
             gw_cfg = d / "gateway.yaml"
             gw_cfg.write_text(
-                yaml.safe_dump(nb.gateway_config(name, endpoints, port), sort_keys=False)
+                yaml.safe_dump(nb.gateway_config(name, endpoints, port, mqtt_port), sort_keys=False)
             )
             self.procs.start(name, _python("homeflex.cli", "edge", "run", "--config", str(gw_cfg)))
         self.say(f"{nb.homes} homes: a firmware-sim and a gateway each")
@@ -185,8 +201,9 @@ class Run:
         )
 
     def follow(self) -> None:
-        """Until the simulated day is over: progress lines as the cycle and the day go on."""
-        end = day_start(self.nb.day).timestamp() + 86400
+        """Until the simulated day is over (and the next day's first PTUs, which make the
+        day's last one final in the history): progress lines as the cycle and the day go on."""
+        end = day_start(self.nb.day).timestamp() + 86400 + AFTER_DAY_S
         said: set[str] = set()
         next_hour = day_start(self.nb.day).timestamp() + PROGRESS_EVERY_S
         snapped: set[str] = set()
@@ -255,9 +272,10 @@ class Run:
                 over = sum(1 for kw in c["after_kw"] if kw > limit + 1e-6)
                 news.append(f"DSO: not enough flexibility offered; {over} PTUs stay over the limit")
         orders = sum(len(_agent_status(self.nb, n).get("orders", [])) for n in self.nb.home_names())
-        if orders and f"orders:{orders}" not in said:
+        decided = any(key.startswith("decided:") for key in said)
+        if decided and orders and f"orders:{orders}" not in said:
             said.add(f"orders:{orders}")
-            news.append(f"homes hold {orders} flexibility orders")
+            news.append(f"the homes hold {orders} flexibility order{'s' * (orders > 1)}")
         return news
 
     def _neighbourhood_kw(self) -> float | None:
@@ -280,8 +298,34 @@ class Run:
             for n, proc, _ in self.procs.started:
                 if n == f"{name}-sim":
                     proc.wait(max(1.0, deadline - time.time()))
+        self._wait_for_settlement()
         self.procs.stop("cloud")
         self.procs.stop("xmpp")
+
+    def _wait_for_settlement(self) -> None:
+        """Settle: the aggregator pays its homes from the history, sends the DSO the sum, the
+        DSO pays the aggregator. Waits until every order is settled or SETTLE_WAIT_S."""
+        home_orders = sum(
+            len(_agent_status(self.nb, n).get("orders", [])) for n in self.nb.home_names()
+        )
+        deadline = time.time() + SETTLE_WAIT_S
+        while True:
+            agg = _json(self.nb.workdir / "cloud" / AGGREGATOR / "status.json") or {}
+            dso = _json(self.nb.workdir / "cloud" / DSO / "status.json") or {}
+            dso_orders = sum(len(c["orders"]) for c in dso.get("checks", []))
+            homes, sold = agg.get("settlements", []), dso.get("settlements", [])
+            if (len(homes) >= home_orders and len(sold) >= dso_orders) or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        if not home_orders:
+            return
+        self.say(
+            f"settled: {len(homes)} of {home_orders} home orders, "
+            f"{sum(x['payment_eur'] for x in homes):.2f} € paid to the homes, "
+            f"{sum(x['penalty_eur'] for x in homes):.2f} € in penalties; the DSO settled "
+            f"{len(sold)} of {dso_orders} orders, {sum(x['net_eur'] for x in sold):.2f} € to "
+            f"{AGGREGATOR}"
+        )
 
 
 def _json(path: Path) -> dict[str, Any] | None:

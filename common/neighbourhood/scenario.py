@@ -24,6 +24,11 @@ import yaml
 from homeflex.cloud.xmpp.domain import new_password
 from homeflex.cloud.xmpp.embedded import PyjabberAccounts
 from homeflex.demo import day_ahead_prices, gateway_config
+from homeflex.neighbourhood.telemetry import (
+    issue_telemetry_credentials,
+    settling_section,
+    telemetry_section,
+)
 from homeflex.pki.bundle import Credentials, issue_credentials
 from homeflex.pki.ca import init_fleet, init_root
 from homeflex.pki.identity import Identity, Role
@@ -172,6 +177,7 @@ class Neighbourhood:
                 p.password_file.write_text(password + "\n")
                 p.password_file.chmod(0o600)
                 accounts.add_account(f"{name}@{DOMAIN}", password)
+            issue_telemetry_credentials(fleet, self.pki)
         finally:
             fleet.close()
         start = day_start(self.day) - timedelta(days=1)
@@ -193,7 +199,7 @@ class Neighbourhood:
         }
 
     def gateway_config(
-        self, name: str, endpoints: dict[str, Any], xmpp_port: int
+        self, name: str, endpoints: dict[str, Any], xmpp_port: int, mqtt_port: int
     ) -> dict[str, Any]:
         """The installer's configuration for home `name`, on the simulator's endpoints: the
         one-home demo's, with the demo's polling, the neighbourhood's prices and the agent."""
@@ -211,7 +217,8 @@ class Neighbourhood:
             if dev["kind"] == "ev" and dev["id"] in one_phase:
                 dev["phases"] = 1
         party = self.party(name)
-        cfg["credentials"] = str(party.creds)
+        cfg["credentials"] = str(party.creds)  # for XMPP and MQTT alike
+        cfg["telemetry"] = telemetry_section(mqtt_port)
         cfg["agent"] = {
             "xmpp_domain": DOMAIN,
             "xmpp_port": xmpp_port,
@@ -239,6 +246,7 @@ class Neighbourhood:
                     "prices": {"file": str(self.prices_file)},
                     "day_ahead_at": None,  # the demo opens its one round itself
                     "answer_window_s": answer_window_s,
+                    **settling_section(self.workdir),
                 }
             ],
             "dso": {

@@ -17,7 +17,7 @@ import pytest
 from spade.message import Message
 
 from homeflex.agents.delivery import Deliveries
-from homeflex.agents.messages import FlexOrder, Metered, Settlement
+from homeflex.agents.messages import Ack, FlexOrder, Metered, Settlement
 from homeflex.agents.messenger import Messenger
 from homeflex.agents.node import Brain, Node
 from homeflex.agents.permissions import Permissions
@@ -379,3 +379,25 @@ def test_the_platform_builds_settling_aggregators_and_a_dso_with_a_ledger(
         update={"history": None})], "dso": None})  # fmt: skip
     (only,) = [b for _, b, _ in build(plain)]
     assert isinstance(only, AggregatorBrain) and only.settling is None
+
+
+def test_an_order_the_home_refused_is_neither_paid_nor_fined(tmp_path: Path) -> None:
+    history = History(tmp_path / "history")
+    for home in HOMES:
+        history.day(home, meter_kw(home))
+    agr_ledger = Ledger(tmp_path / "agr.db")
+    settling = Settling(HistoryMeters.open(history.dir.root), agr_ledger, HOME_PENALTY)
+    n, orders = ordered_day(tmp_path, settling)
+    refused = Ack(status="refused", detail="cannot deliver: the car is not home")
+    n.agg.on_delivered(f"order:{orders['home-2'].id}", refused, T0 + 3)
+    out = n.agg.on_tick(DAY_END + settling.after_s)
+    assert sorted(o.to for o in out if isinstance(o.message, Settlement)) == [
+        "home-0",
+        "home-1",
+        "home-3",
+    ]
+    assert {e.data()["participant"] for e in agr_ledger.entries() if e.kind == "settlement"} == {
+        "home-0",
+        "home-1",
+        "home-3",
+    }
