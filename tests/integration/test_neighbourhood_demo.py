@@ -1,7 +1,8 @@
 """Acceptance: the README's main job, `homeflex demo`, as a user runs it. Every party is its own
 process (a firmware-sim and a gateway with its home agent per home, the embedded XMPP server with
-TLS, the aggregator and DSO platform): a whole day of the cycle, the evening congestion bought
-away, the report written, and no process left behind, also when the demo is stopped midway."""
+TLS, Mosquitto and the history ingest, the aggregator and DSO platform): a whole day of the
+cycle, the evening congestion bought away, the day settled from the metered energies, the report
+written, and no process left behind, also when the demo is stopped midway."""
 
 from __future__ import annotations
 
@@ -40,6 +41,15 @@ def leftovers(workdir: Path) -> list[str]:
         cmd = " ".join(p.info["cmdline"] or [])
         if str(workdir) in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
             out.append(cmd)
+    return out
+
+
+def held_orders(workdir: Path) -> list[tuple[str, str]]:
+    out = []
+    for i in range(HOMES):
+        home = f"home-{i + 1:02d}"
+        agent = json.loads((workdir / "homes" / home / "gateway/agent.json").read_text())
+        out += [(home, oid) for oid in agent["orders"]]
     return out
 
 
@@ -85,6 +95,18 @@ def test_the_demo_runs_a_day_buys_the_evening_congestion_away_and_cleans_up(
             for t, kw in o["order"]["profile_kw"].items():
                 held[int(t)] = held.get(int(t), 0.0) + kw
     assert set(held) & over
+
+    # Settle: every order a home holds is settled from the history the telemetry filled, and
+    # the DSO settled every order it placed, from the aggregator's sum
+    (settled,) = [line for line in lines if line.startswith("settled: ")]
+    n = sum(1 for _ in held_orders(workdir))
+    assert settled.startswith(f"settled: {n} of {n} home orders"), settled
+    d = len(check["orders"])
+    assert f"the DSO settled {d} of {d} orders" in settled, settled
+    for home, order_id in held_orders(workdir):
+        agent = json.loads((workdir / "homes" / home / "gateway/agent.json").read_text())
+        s = agent["settlements"][order_id]
+        assert s["delivered_kwh"] + s["shortfall_kwh"] > 0
     # every home's gateway measured the whole day, PTU by PTU
     day0 = datetime(2026, 3, 10, tzinfo=UTC).timestamp()
     for i in range(HOMES):
