@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set-up and the two everyday jobs on a fresh Debian machine (Python 3.11):
-#   ./dev.sh demo    the main job: a simulated home and its gateway for a simulated day
+#   ./dev.sh demo    the main job: a neighbourhood of homes, its aggregator and DSO through a day
 #   ./dev.sh test    the test suite (real servers on loopback)
 # Both create .venv and install what is needed; `apt-get` is used for system packages.
 set -euo pipefail

@@ -97,7 +97,9 @@ def gateway_config(sim: SimHome, tmp_path: Path, planned: bool) -> GatewayConfig
                 "max_discharge_w": DISCHARGE_W,
                 "soc_min_pct": 10,
             },
-            {"kind": "pv", "id": "pv", "peak_w": 4000},
+            # the PV inverter is not planned: a box without history would count on a share of
+            # its peak tomorrow, and the battery would rightly leave room for the sun; here the
+            # battery's moves are the prices' alone
         ],
     }
     return GatewayConfig.model_validate(
@@ -158,7 +160,7 @@ async def test_the_battery_charges_cheap_and_discharges_dear(tmp_path: Path) -> 
     # the first plan may take a cycle or two; from 00:10 on, each PTU follows a plan
     cheap, dear = during(10, 60), during(70, 117)
     assert len(cheap) > 10 and len(dear) > 10
-    assert all(setpoint == CHARGE_W for _, setpoint, _ in cheap), cheap
+    assert all(setpoint == CHARGE_W for _, setpoint, _ in cheap), [s for s in cheap if s[1] != CHARGE_W]
     assert all(setpoint == -DISCHARGE_W for _, setpoint, _ in dear), dear
 
     def soc_at(minute: float) -> float:
