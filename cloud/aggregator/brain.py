@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 PRICE_STEP = 0.01  # €/kWh: tiers are home prices rounded up to this
 # a settlement or a day's meter sum is delivered for days: the other side may be down a while
 SETTLED_TTL_S = 7 * 86_400.0
+RESUME_DAYS = 14  # a restarted aggregator takes back the DSO's orders of this many days
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,36 @@ class AggregatorBrain(Reporting):
         self.to_open: list[date] = []  # days to open a round for at the next tick
         self.operate = Operate(name, store, tolerance_kw=redispatch_tolerance_kw)
         self.settling = settling
+        self._resume_flex()
+
+    def _resume_flex(self) -> None:
+        """After a restart: the DSO's requests and orders of the last RESUME_DAYS days (before the
+        newest round's), rebuilt
+        from their records as they were taken (the offer from the round's stored answers and the
+        request's time, each order's split by the same rule), and each order's baselines as they
+        were then: what Settle needs, and what makes a resent request or order "taken before"."""
+        summaries = self.store.summaries()
+        if not summaries:
+            return
+        recent = max(date.fromisoformat(s["day"]) for s in summaries) - timedelta(days=RESUME_DAYS)
+        for summary in summaries:
+            if date.fromisoformat(summary["day"]) < recent:
+                continue
+            records = self.store.records(summary["id"])
+            for key, rec in sorted(records.items()):
+                if key.startswith("request:"):
+                    self._request(FlexRequest.model_validate(rec["request"]), rec["at"])
+            for key, rec in sorted(records.items()):
+                if key.startswith("dso-order:"):
+                    order = FlexOrder.model_validate(rec["order"])
+                    ack, _ = self._order(order)
+                    flex = next((f for f in self.flex.values() if order.id in f.orders), None)
+                    if ack.status != "ok" or flex is None:
+                        log.error("%s: order %s not resumed: %s", self.name, order.id, ack.detail)
+                        continue
+                    flex.baselines.update(rec["baselines"])
+            if any(k.startswith("dso-order:") for k in records):
+                log.info("%s: resumed the DSO's orders of round %s", self.name, summary["id"])
 
     def round_id(self, day: date, seq: int = 0) -> str:
         """Round `seq` for `day`: 0 the day-ahead one, 1, 2 … the plans made again later."""
@@ -396,6 +427,8 @@ class AggregatorBrain(Reporting):
             round=req.round, id=f"{self.name}.{req.id}", day=req.day, request=req.id, blocks=blocks
         )
         self.flex[req.id] = Flex(req, answers, offer, tiers)
+        record = {"request": req.model_dump(mode="json"), "at": now}
+        self.store.save_record(req.round, f"request:{req.id}", record)  # for a restart
         return Ack(status="ok"), [Outgoing(self.dso, offer, key=f"offer:{req.id}")]
 
     def _order(self, order: FlexOrder) -> tuple[Ack, list[Outgoing]]:
@@ -431,6 +464,11 @@ class AggregatorBrain(Reporting):
         for home in home_orders:  # the P-plan the order is measured against, before any re-plan
             plan = answers.plans[home]
             flex.baselines.setdefault(home, [0.0] * plan.first_ptu + list(plan.net_kw))
+        record = {
+            "order": order.model_dump(mode="json"),
+            "baselines": {home: flex.baselines[home] for home in home_orders},
+        }
+        self.store.save_record(order.round, f"dso-order:{order.id}", record)  # for a restart
         out = [Outgoing(h, o, key=f"order:{o.id}") for h, o in sorted(home_orders.items())]
         return Ack(status="ok"), out
 

@@ -401,3 +401,32 @@ def test_an_order_the_home_refused_is_neither_paid_nor_fined(tmp_path: Path) -> 
         "home-1",
         "home-3",
     }
+
+
+def test_a_restarted_aggregator_settles_the_orders_it_took_before(tmp_path: Path) -> None:
+    history = History(tmp_path / "history")
+    for home in HOMES:
+        history.day(home, meter_kw(home))
+    settling = Settling(HistoryMeters.open(history.dir.root), Ledger(tmp_path / "agr.db"), 0.3)
+    n, orders = ordered_day(tmp_path, settling)
+    # a home revises its P-plan after the order: the order is still measured against the plan
+    # it was bought on
+    revised = home_plan(0, n.agg.round_id(DAY)).model_copy(update={"revision": 1})
+    revised = revised.model_copy(update={"net_kw": [5.0] * len(revised.net_kw)})
+    n.agg.on_message("home-0", revised, T0 + 5)
+    before = {f.request.id: (f.orders, f.baselines) for f in n.agg.flex.values()}
+
+    again = AggregatorBrain("agr-1", frozenset(HOMES), "dso-1", "trafo-1", n.agg.store,
+                            flat_prices, answer_window_s=60, settling=settling)  # fmt: skip
+    assert {f.request.id: (f.orders, f.baselines) for f in again.flex.values()} == before
+    # the DSO's order sent again after the restart changes nothing
+    (sold,) = [f.sold for f in again.flex.values()]
+    for order in sold.values():
+        ack, out = again.on_message("dso-1", order, T0 + 6)
+        assert (ack.status, ack.detail, out) == ("ok", "taken before", [])
+    out = again.on_tick(DAY_END + settling.after_s)
+    paid = {o.to: o.message for o in out if isinstance(o.message, Settlement)}
+    assert sorted(paid) == HOMES[:4]
+    assert {h: m.order for h, m in paid.items()} == {h: orders[h].id for h in HOMES[:4]}
+    given = {h: GIVEN_KW[h] * 0.25 * len(PEAK) for h in HOMES[:4]}
+    assert {h: m.delivered_kwh for h, m in paid.items()} == pytest.approx(given)
