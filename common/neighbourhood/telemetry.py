@@ -19,8 +19,8 @@ Clocks: the gateways' clock is simulated, but their telemetry timings (`every_s`
 `ack_timeout_s`) are real seconds (edge/config.py TelemetryConfig); the history keys PTUs by the
 box's simulated time, so the aggregator reads the simulated day. The platform's agents run on
 the wall clock, for which the demo's day is long past: `settle_after_s` delays nothing there, and
-an order is settled at the first try (every 60 real seconds) after its PTUs are final in the
-history, i.e. once the history holds a later meter PTU of that home.
+an order is settled at the first try (every `settle_retry_s`, 3 real seconds here) after its
+PTUs are final in the history, i.e. once the history holds a later meter PTU of that home.
 """
 
 from __future__ import annotations
