@@ -35,6 +35,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 from homeflex.agents.messages import (
     Ack,
@@ -106,6 +107,24 @@ class Placed:
     point: str
 
 
+def _placed_json(p: Placed) -> dict[str, Any]:
+    return {
+        "aggregator": p.aggregator,
+        "order": p.order.model_dump(mode="json"),
+        "baseline_kw": {str(t): kw for t, kw in p.baseline_kw.items()},
+        "point": p.point,
+    }
+
+
+def _placed_from_json(data: dict[str, Any]) -> Placed:
+    return Placed(
+        data["aggregator"],
+        FlexOrder.model_validate(data["order"]),
+        {int(t): kw for t, kw in data["baseline_kw"].items()},
+        data["point"],
+    )
+
+
 class DsoBrain(Reporting):
     def __init__(
         self,
@@ -130,6 +149,10 @@ class DsoBrain(Reporting):
         self.ledger = ledger  # where `Metered` is settled into; None: it is refused
         self.penalty_eur_kwh = penalty_eur_kwh
         self.metered: dict[tuple[str, str, date], Metered] = {}  # (aggregator, point, day) →
+        for e in ledger.entries() if ledger is not None else []:
+            if e.kind == "placed":  # a restart: the orders placed before are still to settle
+                p = _placed_from_json(e.data())
+                self.placed[p.order.id] = p
 
     def check(self, point: str, day: date) -> Check | None:
         """The latest validation of `point` on `day`."""
@@ -286,7 +309,10 @@ class DsoBrain(Reporting):
             }
             for t, kw in msg.profile_kw.items():
                 mine[t] = mine.get(t, 0.0) + kw
-            self.placed.setdefault(msg.id, Placed(agg, msg, baseline, check.point.name))
+            if msg.id not in self.placed:
+                self.placed[msg.id] = Placed(agg, msg, baseline, check.point.name)
+                if self.ledger is not None:  # kept for Settle across a restart
+                    self.ledger.append("placed", _placed_json(self.placed[msg.id]))
 
     # --- settle ----------------------------------------------------------------------------
 
