@@ -41,7 +41,15 @@ dso:
   password_file: /etc/homeflex/dso-1/xmpp-password
   max_price: 0.25
   penalty_eur_kwh: 0.1
-  points: [{name: trafo-1, limit_kw: 280, aggregators: {agr-1: /etc/homeflex/agr-1/cert.pem}}]
+  points:
+    - name: trafo-1
+      limit_kw: 280
+      aggregators: {agr-1: /etc/homeflex/agr-1/cert.pem}
+      feeder:           # optional: the LV feeder behind it, checked by a power flow as well
+        buses: {agr-1: R18}                 # where each aggregator's homes connect
+        other_load_kw: {R1: 150, R15: 40}   # the other homes: kW, or a list of 96 (per PTU)
+        v_min: 0.9
+        v_max: 1.1
 forecaster:
   credentials: /etc/homeflex/forecast-1
   password_file: /etc/homeflex/forecast-1/xmpp-password
@@ -61,9 +69,10 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
 from pathlib import Path
+from typing import Annotated, Literal
 
 from cryptography import x509
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from homeflex.agents.carrier import NodeAgent
 from homeflex.agents.delivery import Deliveries
@@ -78,9 +87,11 @@ from homeflex.cloud.aggregator.brain import AggregatorBrain, DayPrices, Settling
 from homeflex.cloud.aggregator.local_market import PaymentRule
 from homeflex.cloud.aggregator.meters import HistoryDirMeters
 from homeflex.cloud.aggregator.prices import FilePrices
-from homeflex.cloud.dso.brain import CongestionPoint, DsoBrain
+from homeflex.cloud.dso.brain import PTUS, CongestionPoint, DsoBrain
+from homeflex.cloud.dso.feeder import Feeder
 from homeflex.cloud.forecast.brain import ForecasterBrain
 from homeflex.cloud.forecast.site import Site
+from homeflex.cloud.market.grid import EN50160_PU
 from homeflex.cloud.market.settlement import Ledger
 from homeflex.pki.bundle import Credentials
 from homeflex.security import SecurityLog
@@ -154,10 +165,65 @@ class AggregatorConfig(Party):
     penalty_eur_kwh: float = Penalty
 
 
+LoadPoint = Literal["R1", "R11", "R15", "R16", "R17", "R18"]  # grid.RESIDENTIAL_LOAD_POINTS
+Kw = Annotated[float, Field(ge=-1000, le=1000, allow_inf_nan=False)]
+
+
+class FeederConfig(Strict):
+    """The LV feeder behind a point, checked by a power flow in Validate (cloud/dso/feeder.py):
+    pandapower's CIGRE LV residential feeder and its 0.5 MVA transformer."""
+
+    buses: dict[str, LoadPoint] = Field(description="aggregator name → where its homes connect")
+    other_load_kw: dict[LoadPoint, Kw | list[Kw]] = Field(
+        {}, description="load point → kW of the homes no aggregator speaks for, flat or per PTU"
+    )
+    v_min: float = Field(EN50160_PU[0], gt=0, lt=1, description="lowest bus voltage, p.u.")
+    v_max: float = Field(EN50160_PU[1], gt=1, lt=2, description="highest bus voltage, p.u.")
+    loading_limit_pct: float = Field(100.0, gt=0, le=200, allow_inf_nan=False)
+
+    @field_validator("other_load_kw")
+    @classmethod
+    def _day(cls, loads: dict[str, float | list[float]]) -> dict[str, float | list[float]]:
+        for bus, kw in loads.items():
+            if isinstance(kw, list) and len(kw) != PTUS:
+                raise ValueError(f"{bus}: {len(kw)} values; give one kW or one per PTU ({PTUS})")
+        return loads
+
+    def loads_kw(self) -> dict[str, list[float]]:
+        """kW per PTU of the day at each load point."""
+        return {
+            b: kw if isinstance(kw, list) else [kw] * PTUS for b, kw in self.other_load_kw.items()
+        }
+
+
 class PointConfig(Strict):
     name: str
     limit_kw: float = Field(gt=0, allow_inf_nan=False)
     aggregators: dict[str, Path] = Field(description="aggregator name → its certificate")
+    feeder: FeederConfig | None = None
+
+    @model_validator(mode="after")
+    def _placed(self) -> PointConfig:
+        if self.feeder is not None and set(self.feeder.buses) != set(self.aggregators):
+            named, wanted = (
+                ", ".join(sorted(self.feeder.buses)),
+                ", ".join(sorted(self.aggregators)),
+            )
+            raise ValueError(
+                f"point {self.name}: feeder.buses names {named}; "
+                f"give a load point for each of its aggregators ({wanted})"
+            )
+        return self
+
+    def congestion_point(self) -> CongestionPoint:
+        aggregators = frozenset(self.aggregators)
+        if self.feeder is None:
+            return CongestionPoint(self.name, self.limit_kw, aggregators)
+        f = self.feeder
+        other = f.loads_kw()
+        total = tuple(sum(s[t] for s in other.values()) for t in range(PTUS))
+        feeder = Feeder(f.buses, other, f.v_min, f.v_max, f.loading_limit_pct)
+        return CongestionPoint(self.name, self.limit_kw, aggregators, total, feeder)
 
 
 class DsoConfig(Party):
@@ -240,7 +306,7 @@ def build(cfg: PlatformConfig) -> list[tuple[NodeAgent, Brain, time | None]]:
         out.append((agent, brain, a.day_ahead_at))
     if cfg.dso is not None:
         d = cfg.dso
-        points = [CongestionPoint(p.name, p.limit_kw, frozenset(p.aggregators)) for p in d.points]
+        points = [p.congestion_point() for p in d.points]
 
         def dso(name: str, state: Path) -> DsoBrain:
             return DsoBrain(name, points, d.max_price, prognosis_wait_s=d.prognosis_wait_s,

@@ -1,6 +1,9 @@
 """The DSO's side of Validate (seed 004 §6, UC3): sum the aggregators' D-prognoses at each
 congestion point, ask every aggregator there for the excess over the transformer limit with a
-max price, buy the cheapest offers (cloud/market/dso.py `procure`) and order them.
+max price, buy the cheapest offers (cloud/market/dso.py `procure`) and order them. A point with
+an LV feeder (`CongestionPoint.feeder`, cloud/dso/feeder.py) is also checked by a power flow of
+the aggregators' D-prognoses: in each PTU the request asks for the larger of the transformer's
+excess and the relief the feeder's buses and lines need.
 
 A D-prognosis that comes after a decided check starts a new validation of the point for that
 day (the aggregators planned again: their homes plan with the orders they hold, so flexibility
@@ -49,6 +52,7 @@ from homeflex.agents.messages import (
     Settlement,
 )
 from homeflex.agents.node import Outgoing, Reporting
+from homeflex.cloud.dso.feeder import Feeder, FeederCheck
 from homeflex.cloud.market import dso as market
 from homeflex.cloud.market import objects as mo
 from homeflex.cloud.market.settlement import Ledger, settle
@@ -64,6 +68,7 @@ class CongestionPoint:
     limit_kw: float
     aggregators: frozenset[str]
     other_load_kw: tuple[float, ...] = (0.0,) * PTUS  # load of homes outside any aggregator
+    feeder: Feeder | None = None  # the LV feeder behind it: a power flow in Validate too
 
 
 @dataclass
@@ -81,6 +86,16 @@ class Check:
     safe: bool | None = None  # decided: True when no PTU is over the limit
     estimated: dict[str, DPrognosis] = field(default_factory=dict)  # the silent, from before
     generation: int = 0  # the day's first validation of the point, or a later one
+    grid: FeederCheck | None = None  # the power flow, when the point has a feeder
+
+    def by_aggregator_kw(self) -> dict[str, list[float]]:
+        """Each aggregator's D-prognosis (or the estimate standing in), kW per PTU of the day."""
+        out = {}
+        for agg, p in [*self.prognoses.items(), *self.estimated.items()]:
+            series = [0.0] * PTUS
+            series[p.first_ptu : p.first_ptu + len(p.net_kw)] = p.net_kw
+            out[agg] = series
+        return out
 
     def prognosis_kw(self) -> list[float]:
         total = list(self.point.other_load_kw)
@@ -236,12 +251,18 @@ class DsoBrain(Reporting):
 
     def _validate(self, check: Check, now: float) -> list[Outgoing]:
         point = check.point
-        request = market.congestion_request(
-            check.prognosis_kw(),
-            point.limit_kw,
-            request_id=f"{point.name}.{check.day.isoformat()}"
+        profile = market.excess_kw(check.prognosis_kw(), point.limit_kw, mo.Direction.UP)
+        if point.feeder is not None:
+            check.grid = point.feeder.check(check.by_aggregator_kw())
+            for t, kw in check.grid.relief_kw.items():
+                profile[t] = max(profile.get(t, 0.0), kw)
+            for v in check.grid.violations:
+                log.info("%s: %s on %s: %s", self.name, point.name, check.day, v)
+        request = mo.FlexRequest(
+            id=f"{point.name}.{check.day.isoformat()}"
             + (f".{check.generation}" if check.generation else ""),
             buyer=self.name,
+            profile_kw=dict(sorted(profile.items())),
             max_price=self.max_price,
         )
         if not request.profile_kw:

@@ -17,6 +17,7 @@ from typing import Any
 EN50160_PU = (0.90, 1.10)  # statutory: Un ± 10 % at the customer's connection
 PLANNING_PU = (0.95, 1.05)  # a common LV planning band, tighter to leave room upstream
 RESIDENTIAL_TRAFO = "Trafo R0-R1"  # 0.5 MVA, 20/0.4 kV (seed 002 §2.5)
+RESIDENTIAL_LOAD_POINTS = ("R1", "R11", "R15", "R16", "R17", "R18")  # its loads' buses
 
 
 # --- copper plate ----------------------------------------------------------------------------

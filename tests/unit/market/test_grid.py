@@ -9,6 +9,7 @@ import pytest
 
 from homeflex.cloud.market.grid import (
     PLANNING_PU,
+    RESIDENTIAL_LOAD_POINTS,
     RESIDENTIAL_TRAFO,
     GridCheck,
     power_flow,
@@ -55,6 +56,7 @@ def test_the_network_is_the_residential_feeder_behind_a_half_mva_transformer() -
     assert residential_loads_kw() == pytest.approx(
         {"R1": 190.0, "R11": 14.25, "R15": 49.4, "R16": 52.25, "R17": 33.25, "R18": 44.65}
     )
+    assert tuple(residential_loads_kw()) == RESIDENTIAL_LOAD_POINTS
 
 
 def test_a_light_load_has_no_violation_and_the_transformer_carries_it_with_small_losses(
