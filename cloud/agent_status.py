@@ -17,6 +17,7 @@ from typing import Any
 from homeflex.agents.node import Brain, Node
 from homeflex.cloud.aggregator.brain import AggregatorBrain
 from homeflex.cloud.dso.brain import DsoBrain
+from homeflex.cloud.market.objects import Direction
 from homeflex.cloud.market.settlement import Entry, Ledger, SettlementRecord
 
 LATEST = 200  # ledger entries shown: the status is rewritten every few seconds, the ledger grows
@@ -72,14 +73,17 @@ def dso_status(brain: DsoBrain) -> dict[str, Any]:
     checks = []
     for c in brain.checks:
         orders = []
-        if c.procurement is not None:
-            h = c.procurement.period_h
-            for o in c.procurement.orders():
-                kwh = sum(o.profile_kw.values()) * h
+        for got in c.procurements.values():
+            for o in got.orders():
+                kwh = sum(o.profile_kw.values()) * got.period_h
                 orders.append(
-                    {"id": o.id, "aggregator": o.participant, "kw": o.profile_kw,
-                     "price": o.price, "kwh": kwh, "eur": kwh * o.price}
+                    {"id": o.id, "aggregator": o.participant, "direction": o.direction.value,
+                     "kw": o.profile_kw, "price": o.price, "kwh": kwh, "eur": kwh * o.price}
                 )  # fmt: skip
+        asked: dict[int, float] = {}  # PTU → kW: + less load (up), - more load (down)
+        for r in c.requests.values():
+            sign = 1.0 if r.direction == Direction.UP else -1.0
+            asked |= {t: sign * kw for t, kw in r.profile_kw.items()}
         checks.append(
             {
                 "point": c.point.name,
@@ -88,7 +92,7 @@ def dso_status(brain: DsoBrain) -> dict[str, Any]:
                 "limit_kw": c.point.limit_kw,
                 "prognosis_kw": c.prognosis_kw(),
                 "after_kw": c.after_kw(),
-                "request_kw": {} if c.request is None else c.request.profile_kw,
+                "request_kw": dict(sorted(asked.items())),
                 "orders": orders,
                 "safe": c.safe,
             }

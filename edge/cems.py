@@ -6,12 +6,14 @@ Prices for a day come in; the home plans at those prices with every order it hol
 `make_inputs` starts (the gateway plans from now, so tonight's battery and car are in the plan
 for tomorrow; a test may start at the day's first priced PTU) to the last priced PTU. It sends
 the P-plan (kW per PTU of the day) and, for the PTUs the aggregator trades (`offer_ptus`), how
-much less it could take in each and what that costs it: the planner's envelope
-(edge/planner/flexibility.py), the least net power with every preference held, priced at the
-extra cost of the plan per kWh given up, plus `margin_eur_kwh`. The home's models never leave
-it; only these answers do (seed 004 C.1.3).
+much less (upward flexibility) and how much more (downward: to soak up the neighbourhood's
+back-flow) it could take in each and what that costs it: the planner's envelope
+(edge/planner/flexibility.py), the least and the most net power with every preference held,
+each priced at the extra cost of the plan per kWh moved, plus `margin_eur_kwh`. The home's
+models never leave it; only these answers do (seed 004 C.1.3).
 
-An order is checked by planning with it: if the plan meets it, the order is kept (it binds every
+An order (upward: at most the P-plan less its kW; downward: at least the P-plan plus its kW)
+is checked by planning with it: if the plan meets it, the order is kept (it binds every
 later plan: edge/planner/inputs.py FlexOrder; `on_order` hands it to the gateway's control loop),
 acknowledged, and the new P-plan revision goes to the aggregator; if not, it is refused with the
 planner's reason, and nothing is kept. The same prices or order again (an ack was lost) get the
@@ -38,6 +40,7 @@ from typing import Any
 
 from homeflex.agents.messages import (
     Ack,
+    Direction,
     FlexOffer,
     FlexOrder,
     OfferBlock,
@@ -176,12 +179,17 @@ class HomeBrain(Reporting):
         )  # fmt: skip
         blocks = []
         for e in points:
-            down_w = e.planned_w - e.min_w
-            if down_w < MIN_OFFER_W:
-                continue
-            kwh = down_w / 1000 * PTU_S / 3600
-            price = min(PRICE_CAP, e.cost_down_eur / kwh + self.margin_eur_kwh)
-            blocks.append(OfferBlock(ptu=k0 + e.ptu, direction="up", kw=down_w / 1000, price=price))
+            # up: less net load than planned (down to min_w); down: more (up to max_w)
+            for direction, w, cost in (
+                (Direction.UP, e.planned_w - e.min_w, e.cost_down_eur),
+                (Direction.DOWN, e.max_w - e.planned_w, e.cost_up_eur),
+            ):
+                if w < MIN_OFFER_W:
+                    continue
+                kwh = w / 1000 * PTU_S / 3600
+                price = min(PRICE_CAP, cost / kwh + self.margin_eur_kwh)
+                blocks.append(OfferBlock(ptu=k0 + e.ptu, direction=direction, kw=w / 1000,
+                                         price=price))  # fmt: skip
         offer = FlexOffer(
             round=prices.round, id=f"{self.name}.{prices.round}", day=prices.day, blocks=blocks
         )
@@ -214,12 +222,14 @@ class HomeBrain(Reporting):
         if outside:
             return Ack(status="refused", detail=f"PTUs {outside} are not in the P-plan"), []
         day = datetime(order.day.year, order.day.month, order.day.day, tzinfo=UTC)
+        up = order.direction == Direction.UP
         planned = [
             PlannedOrder(
                 id=f"{order.id}@{ptu}",
                 start=day + ptu * PTU,
                 end=day + (ptu + 1) * PTU,
-                max_net_w=a.at(ptu) - kw * 1000,
+                max_net_w=a.at(ptu) - kw * 1000 if up else None,
+                min_net_w=None if up else a.at(ptu) + kw * 1000,
                 price_eur=order.price * kw * PTU_S / 3600,
             )
             for ptu, kw in sorted(order.profile_kw.items())

@@ -92,7 +92,7 @@ class Flex:
     baselines: dict[str, list[float]] = field(default_factory=dict)  # home → P-plan, kW per PTU
 
     def __post_init__(self) -> None:
-        self.tier_ids = self.offer.tiers()
+        self.tier_ids = self.offer.tiers(self.request.direction)
 
 
 @dataclass
@@ -438,6 +438,10 @@ class AggregatorBrain(Reporting):
         tier = flex.tier_ids[order.offer]
         if order.id in flex.orders:
             return Ack(status="ok", detail="taken before"), []
+        if order.direction != flex.request.direction:
+            way = flex.request.direction.value
+            detail = f"{order.offer} is offered {way}, not {order.direction.value}"
+            return Ack(status="refused", detail=detail), []
         if order.price < tier[0]:
             detail = f"{order.offer} is offered at {tier[0]} €/kWh; the order pays {order.price}"
             return Ack(status="refused", detail=detail), []

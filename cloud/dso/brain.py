@@ -1,9 +1,12 @@
 """The DSO's side of Validate (seed 004 §6, UC3): sum the aggregators' D-prognoses at each
 congestion point, ask every aggregator there for the excess over the transformer limit with a
-max price, buy the cheapest offers (cloud/market/dso.py `procure`) and order them. A point with
-an LV feeder (`CongestionPoint.feeder`, cloud/dso/feeder.py) is also checked by a power flow of
-the aggregators' D-prognoses: in each PTU the request asks for the larger of the transformer's
-excess and the relief the feeder's buses and lines need.
+max price, buy the cheapest offers (cloud/market/dso.py `procure`) and order them. The excess
+goes both ways: load above the limit is asked away upward (less load; request id
+`<point>.<day>`), back-flow beyond it downward (more load, less export; `<point>.<day>.down`),
+each direction its own request, offers and purchase; the check is decided when both are. A
+point with an LV feeder (`CongestionPoint.feeder`, cloud/dso/feeder.py) is also checked by a
+power flow of the aggregators' D-prognoses: in each PTU a request asks for the larger of the
+transformer's excess and the relief the feeder's buses and lines need.
 
 A D-prognosis that comes after a decided check starts a new validation of the point for that
 day (the aggregators planned again: their homes plan with the orders they hold, so flexibility
@@ -79,10 +82,10 @@ class Check:
     day: date
     started: float
     prognoses: dict[str, DPrognosis] = field(default_factory=dict)
-    request: mo.FlexRequest | None = None
+    requests: dict[mo.Direction, mo.FlexRequest] = field(default_factory=dict)  # up, down
     answer_by: float = 0.0
-    offers: dict[str, FlexOffer] = field(default_factory=dict)
-    procurement: market.Procurement | None = None
+    offers: dict[str, dict[str, FlexOffer]] = field(default_factory=dict)  # request → agg →
+    procurements: dict[mo.Direction, market.Procurement] = field(default_factory=dict)
     safe: bool | None = None  # decided: True when no PTU is over the limit
     estimated: dict[str, DPrognosis] = field(default_factory=dict)  # the silent, from before
     generation: int = 0  # the day's first validation of the point, or a later one
@@ -106,8 +109,13 @@ class Check:
 
     def after_kw(self) -> list[float]:
         """The D-prognosis after what was ordered."""
-        before = self.prognosis_kw()
-        return before if self.procurement is None else self.procurement.apply(before)
+        out = self.prognosis_kw()
+        for got in self.procurements.values():
+            out = got.apply(out)
+        return out
+
+    def request_for(self, request_id: str) -> mo.FlexRequest | None:
+        return next((r for r in self.requests.values() if r.id == request_id), None)
 
 
 @dataclass(frozen=True)
@@ -193,7 +201,7 @@ class DsoBrain(Reporting):
         check = self.check(point.name, p.day)
         if check is not None and check.prognoses.get(sender) == p:
             return Ack(status="ok", detail="taken before"), []
-        if check is None or check.safe is not None or check.request is not None:
+        if check is None or check.safe is not None or check.requests:
             # a first D-prognosis, or a new one after a decided check: the aggregator planned
             # again (its homes holding what was sold), so the point is validated again
             later = 0 if check is None else check.generation + 1
@@ -205,24 +213,27 @@ class DsoBrain(Reporting):
         return Ack(status="ok"), []
 
     def _offer(self, sender: str, offer: FlexOffer, now: float) -> tuple[Ack, list[Outgoing]]:
-        check = next((c for c in self.checks if c.request and c.request.id == offer.request), None)
-        if check is None or check.request is None:
+        rid = offer.request or ""
+        check = next((c for c in self.checks if c.request_for(rid)), None)
+        request = None if check is None else check.request_for(rid)
+        if check is None or request is None:
             return Ack(status="refused", detail=f"no open request {offer.request!r}"), []
-        if sender not in check.point.aggregators:
+        if sender not in check.prognoses:
             return Ack(status="refused", detail=f"{sender} was not asked"), []
-        if check.offers.get(sender) == offer:
+        offers = check.offers.setdefault(rid, {})
+        if offers.get(sender) == offer:
             return Ack(status="ok", detail="taken before"), []
-        if check.procurement is not None or now > check.answer_by:
+        if request.direction in check.procurements or now > check.answer_by:
             return Ack(status="refused", detail=f"request {offer.request} closed"), []
-        check.offers[sender] = offer
-        if set(check.offers) == set(check.point.aggregators):
-            return Ack(status="ok"), self._buy(check)
+        offers[sender] = offer
+        if set(offers) == set(check.prognoses):
+            return Ack(status="ok"), self._buy(check, request)
         return Ack(status="ok"), []
 
     def on_tick(self, now: float) -> list[Outgoing]:
         out: list[Outgoing] = []
         for check in self.checks:
-            waiting = check.safe is None and check.request is None
+            waiting = check.safe is None and not check.requests
             if waiting and now >= check.started + self.prognosis_wait_s:
                 for agr in sorted(check.point.aggregators - set(check.prognoses)):
                     before = self._last_prognosis(check, agr)
@@ -233,8 +244,10 @@ class DsoBrain(Reporting):
                         log.warning("%s: %s checked with %s's D-prognosis of %s",
                                     self.name, check.point.name, agr, before.day)  # fmt: skip
                 out += self._validate(check, now)
-            elif check.request is not None and check.procurement is None and now > check.answer_by:
-                out += self._buy(check)  # without the aggregators that did not answer
+            elif check.safe is None and now > check.answer_by:
+                for direction, request in check.requests.items():
+                    if direction not in check.procurements:  # without those that did not answer
+                        out += self._buy(check, request)
         return out
 
     def _last_prognosis(self, check: Check, aggregator: str) -> DPrognosis | None:
@@ -251,24 +264,31 @@ class DsoBrain(Reporting):
 
     def _validate(self, check: Check, now: float) -> list[Outgoing]:
         point = check.point
-        profile = market.excess_kw(check.prognosis_kw(), point.limit_kw, mo.Direction.UP)
+        prognosis = check.prognosis_kw()
+        wanted = {d: market.excess_kw(prognosis, point.limit_kw, d) for d in mo.Direction}
         if point.feeder is not None:
             check.grid = point.feeder.check(check.by_aggregator_kw())
-            for t, kw in check.grid.relief_kw.items():
-                profile[t] = max(profile.get(t, 0.0), kw)
+            for d, relief in check.grid.relief_kw.items():
+                for t, kw in relief.items():
+                    wanted[d][t] = max(wanted[d].get(t, 0.0), kw)
             for v in check.grid.violations:
                 log.info("%s: %s on %s: %s", self.name, point.name, check.day, v)
-        request = mo.FlexRequest(
-            id=f"{point.name}.{check.day.isoformat()}"
-            + (f".{check.generation}" if check.generation else ""),
-            buyer=self.name,
-            profile_kw=dict(sorted(profile.items())),
-            max_price=self.max_price,
-        )
-        if not request.profile_kw:
+        name = f"{point.name}.{check.day.isoformat()}"
+        name += f".{check.generation}" if check.generation else ""
+        check.requests = {
+            d: mo.FlexRequest(
+                id=name if d == mo.Direction.UP else f"{name}.down",
+                buyer=self.name,
+                direction=d,
+                profile_kw=dict(sorted(profile.items())),
+                max_price=self.max_price,
+            )
+            for d, profile in wanted.items()
+            if profile
+        }
+        if not check.requests:
             check.safe = True
             return []
-        check.request = request
         check.answer_by = now + self.offer_window_s
         # each aggregator that reported is asked in its own round; a silent one is not
         return [
@@ -279,21 +299,27 @@ class DsoBrain(Reporting):
                     id=request.id,
                     day=check.day,
                     congestion_point=point.name,
+                    direction=request.direction.value,
                     profile_kw=request.profile_kw,
                     max_price=request.max_price,
                     answer_by=check.answer_by,
                 ),
                 key=f"request:{request.id}:{agg}",
             )
+            for request in check.requests.values()
             for agg, p in sorted(check.prognoses.items())
         ]
 
-    def _buy(self, check: Check) -> list[Outgoing]:
-        assert check.request is not None
-        offers = [o for agg, offer in sorted(check.offers.items()) for o in _tiers(agg, offer)]
-        got = market.procure(check.request, offers, period_h=self.period_h)
-        check.procurement = got
-        check.safe = got.met
+    def _buy(self, check: Check, request: mo.FlexRequest) -> list[Outgoing]:
+        offers = [
+            o
+            for agg, offer in sorted(check.offers.get(request.id, {}).items())
+            for o in _tiers(agg, offer, request.direction)
+        ]
+        got = market.procure(request, offers, period_h=self.period_h)
+        check.procurements[request.direction] = got
+        if set(check.procurements) == set(check.requests):
+            check.safe = all(p.met for p in check.procurements.values())
         out = []
         placed: list[tuple[str, FlexOrder]] = []
         for order in got.orders():
@@ -430,15 +456,16 @@ class DsoBrain(Reporting):
         return out
 
 
-def _tiers(aggregator: str, offer: FlexOffer) -> list[mo.FlexOffer]:
+def _tiers(aggregator: str, offer: FlexOffer, direction: mo.Direction) -> list[mo.FlexOffer]:
     """An aggregator's offer as the market's offers, one per tier (`FlexOffer.tiers`: a price
-    and divisibility among its upward blocks), kW per PTU, with the tier's id."""
+    and divisibility among its blocks in `direction`), kW per PTU, with the tier's id."""
     assert offer.request is not None  # _offer took it for an open request
+    way = Direction(direction.value)
     out = []
-    for tier_id, (price, divisible) in offer.tiers().items():
+    for tier_id, (price, divisible) in offer.tiers(way).items():
         profile: dict[int, float] = {}
         for b in offer.blocks:
-            if b.direction == Direction.UP and (b.price, b.divisible) == (price, divisible):
+            if b.direction == way and (b.price, b.divisible) == (price, divisible):
                 profile[b.ptu] = profile.get(b.ptu, 0.0) + b.kw
         out.append(
             mo.FlexOffer(

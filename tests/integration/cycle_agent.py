@@ -33,6 +33,7 @@ from homeflex.agents.rounds import RoundStore
 from homeflex.agents.xmpp_tls import XmppEndpoint
 from homeflex.cloud.aggregator.brain import AggregatorBrain, DayPrices
 from homeflex.cloud.dso.brain import CongestionPoint, DsoBrain
+from homeflex.cloud.market.objects import Direction
 from homeflex.edge.cems import HomeBrain
 from homeflex.edge.planner.inputs import FlexOrder as PlannedOrder
 from homeflex.edge.planner.inputs import PlanInputs
@@ -129,11 +130,12 @@ def summary(node: Node, brain: Any) -> dict[str, Any]:
     if isinstance(brain, Recording):
         checks = []
         for check in brain.brain.checks:
-            got = check.procurement
+            got = check.procurements.get(Direction.UP)
             checks.append({
                 "safe": check.safe, "before_max_kw": max(check.prognosis_kw()),
                 "after_max_kw": max(check.after_kw()),
-                "request_kw": {} if check.request is None else check.request.profile_kw,
+                "request_kw": {t: kw for r in check.requests.values()
+                               for t, kw in r.profile_kw.items()},
                 "cost_eur": None if got is None else got.total_cost_eur,
                 "orders": [] if got is None else [o.id for o in got.orders()],
             })  # fmt: skip

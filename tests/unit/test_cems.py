@@ -71,16 +71,22 @@ def test_prices_are_answered_with_the_plan_and_the_envelope_as_the_offer() -> No
     assert all(o.to == "agr-1" for o in out)
     _, points = envelope(make_inputs(prices(), []), EVENING)
     assert plan_msg.net_kw == pytest.approx([w / 1000 for w in b.answered[prices().round].net_w])
-    by_ptu = {blk.ptu: blk for blk in offer_msg.blocks}
-    for e in points:
-        down = (e.planned_w - e.min_w) / 1000
-        if down * 1000 < 100:
-            assert e.ptu not in by_ptu
-            continue
-        blk = by_ptu[e.ptu]
-        assert blk.kw == pytest.approx(down) and blk.direction == "up"
-        assert blk.price == pytest.approx(e.cost_down_eur / (down * 0.25) + 0.02)
-    assert by_ptu  # the battery has room to give in the evening
+    # up: less than planned, down to the least; down: more, up to the most it can take
+    for direction, room, cost in (
+        ("up", lambda e: e.planned_w - e.min_w, lambda e: e.cost_down_eur),
+        ("down", lambda e: e.max_w - e.planned_w, lambda e: e.cost_up_eur),
+    ):
+        by_ptu = {blk.ptu: blk for blk in offer_msg.blocks if blk.direction == direction}
+        for e in points:
+            kw = room(e) / 1000
+            if kw * 1000 < 100:
+                assert e.ptu not in by_ptu
+                continue
+            blk = by_ptu[e.ptu]
+            assert blk.kw == pytest.approx(kw)
+            assert blk.price == pytest.approx(cost(e) / (kw * 0.25) + 0.02)
+        assert by_ptu  # the battery has room to give and to take in the evening
+    assert len(offer_msg.blocks) == len({(b.ptu, b.direction) for b in offer_msg.blocks})
     again, more = b.on_message("agr-1", prices(), 1.0)
     assert (again.status, more) == ("ok", [])  # its ack was lost: answered before
 
@@ -90,7 +96,7 @@ def test_an_order_it_can_keep_is_kept_and_one_it_cannot_is_refused() -> None:
     _, out = b.on_message("agr-1", prices(), 0.0)
     offer = out[1].message
     assert isinstance(offer, FlexOffer)
-    blk = max(offer.blocks, key=lambda x: x.kw)
+    blk = max((x for x in offer.blocks if x.direction == "up"), key=lambda x: x.kw)
     before = b.answered[offer.round].at(blk.ptu)
     order = FlexOrder(round=offer.round, id="o-1", day=DAY, offer=offer.id, direction="up",
                       profile_kw={blk.ptu: blk.kw * 0.5}, price=blk.price)  # fmt: skip
@@ -109,6 +115,28 @@ def test_an_order_it_can_keep_is_kept_and_one_it_cannot_is_refused() -> None:
     ack, out = b.on_message("agr-1", too_much, 4.0)
     assert ack.status == "refused" and "cannot deliver" in ack.detail and out == []
     assert len(b.binding()) == 1
+
+
+def test_a_downward_order_raises_the_homes_load_in_its_ptus() -> None:
+    b = brain()
+    _, out = b.on_message("agr-1", prices(), 0.0)
+    offer = out[1].message
+    assert isinstance(offer, FlexOffer)
+    blk = max((x for x in offer.blocks if x.direction == "down"), key=lambda x: x.kw)
+    before = b.answered[offer.round].at(blk.ptu)
+    order = FlexOrder(round=offer.round, id="o-d", day=DAY, offer=offer.id, direction="down",
+                      profile_kw={blk.ptu: blk.kw * 0.5}, price=blk.price)  # fmt: skip
+    ack, out = b.on_message("agr-1", order, 2.0)
+    assert ack.status == "ok", ack.detail
+    (replan,) = (o.message for o in out)
+    assert isinstance(replan, PPlan)
+    assert replan.net_kw[blk.ptu] >= (before / 1000) + blk.kw * 0.5 - 1e-3
+    (bound,) = b.binding()
+    assert bound.max_net_w is None and bound.min_net_w == pytest.approx(before + blk.kw * 500)
+    # 30 kW more than planned is beyond the connection's 17.25 kW: refused
+    too_much = order.model_copy(update={"id": "o-d2", "profile_kw": {blk.ptu + 1: 30.0}})
+    ack, _ = b.on_message("agr-1", too_much, 3.0)
+    assert ack.status == "refused" and "cannot deliver" in ack.detail
 
 
 def test_only_its_aggregator_is_heard() -> None:
@@ -171,7 +199,7 @@ def test_orders_and_answers_survive_a_restart_and_reach_the_control_loop(tmp_pat
     _, out = b.on_message("agr-1", prices(), 0.0)
     offer = out[1].message
     assert isinstance(offer, FlexOffer)
-    blk = max(offer.blocks, key=lambda x: x.kw)
+    blk = max((x for x in offer.blocks if x.direction == "up"), key=lambda x: x.kw)
     order = FlexOrder(round=offer.round, id="o-1", day=DAY, offer=offer.id, direction="up",
                       profile_kw={blk.ptu: blk.kw / 2}, price=blk.price)  # fmt: skip
     assert b.on_message("agr-1", order, 1.0)[0].status == "ok"

@@ -25,6 +25,7 @@ from homeflex.agents.node import Outgoing
 from homeflex.agents.rounds import RoundStore
 from homeflex.cloud.aggregator.brain import AggregatorBrain, DayPrices
 from homeflex.cloud.dso.brain import CongestionPoint, DsoBrain
+from homeflex.cloud.market.objects import Direction
 from homeflex.cloud.market.settlement import Ledger
 
 DAY = date(2026, 1, 15)
@@ -136,7 +137,7 @@ def test_plan_and_validate_meet_the_request_from_the_cheapest_homes(tmp_path: Pa
     check2 = n.dso.check("trafo-1", later)
     assert check2 is not None
     assert check2.safe and max(check2.after_kw()) <= LIMIT_KW + 1e-9
-    cost = check2.procurement.total_cost_eur  # type: ignore[union-attr]
+    cost = check2.procurements[Direction.UP].total_cost_eur
     # the cheapest way: 4 × 0.5 kW per PTU from the cheapest divisible blocks, or home 0's
     cheapest = sorted([0.05] + [round(0.05 + 0.02 * k, 2) for k in range(1, 10)])[:4]
     assert cost == pytest.approx(sum(cheapest) * 0.5 * 0.25 * len(PEAK))
@@ -144,7 +145,11 @@ def test_plan_and_validate_meet_the_request_from_the_cheapest_homes(tmp_path: Pa
 
     # the DSO resends an order whose ack it missed: taken before, nothing new for the homes
     first = next(m for m in n.to_dso if isinstance(m, FlexOffer))
-    dso_orders = [o for o in n.dso._buy(check2) if isinstance(o.message, FlexOrder)]
+    dso_orders = [
+        o
+        for o in n.dso._buy(check2, check2.requests[Direction.UP])
+        if isinstance(o.message, FlexOrder)
+    ]
     tiers = first.tiers()
     assert dso_orders and all(o.message.offer in tiers for o in dso_orders)  # type: ignore[attr-defined]
     ack, more = n.agg.on_message("dso-1", dso_orders[0].message, T0 + 200)
@@ -209,3 +214,43 @@ def test_the_day_is_settled_against_the_plans_before_the_orders(tmp_path: Path) 
     assert late.to == "home-3" and late.key == f"settlement:{orders['home-3'].id}"  # type: ignore[attr-defined]
     assert n.agg.settle(DAY, readings, ledger, penalty_eur_kwh=0.30) == []
     assert len(ledger.entries()) == 4 and ledger.verify() == []
+
+
+MIDDAY = range(48, 52)  # 12:00-13:00
+
+
+def test_midday_back_flow_is_met_by_the_homes_that_take_more_cheapest(tmp_path: Path) -> None:
+    """Ten homes export 4 kW each at midday: 40 kW back through a 30 kW transformer. Each
+    offers to take 1.5 kW more then (downward) and 0.5 kW less in the evening (upward): the DSO
+    asks for 10 kW downward only, and the cheapest homes are ordered to take more."""
+    n = Neighbourhood(RoundStore(tmp_path / "rounds.db"))
+    n.route(n.agg.open_round(DAY, T0), T0)
+    rid = n.agg.round_id(DAY)
+    for k, home in enumerate(HOMES):
+        plan = PPlan(round=rid, day=DAY, revision=0,
+                     net_kw=[-4.0 if t in MIDDAY else 2.0 for t in range(96)])  # fmt: skip
+        price = round(0.02 + 0.01 * k, 2)
+        blocks = [OfferBlock(ptu=t, direction="down", kw=1.5, price=price) for t in MIDDAY]
+        blocks += home_offer(k, rid).blocks  # upward in the evening: not wanted today
+        n.agg.on_message(home, plan, T0 + 5)
+        n.agg.on_message(home, FlexOffer(round=rid, id=f"{home}.{rid}", day=DAY, blocks=blocks),
+                         T0 + 5)  # fmt: skip
+    n.route(n.agg.on_tick(T0 + 6), T0 + 6)
+
+    (request,) = [m for m in n.to_agg if isinstance(m, FlexRequest)]
+    assert request.direction == "down" and request.id.endswith(".down")
+    assert request.profile_kw == pytest.approx(dict.fromkeys(MIDDAY, 10.0))
+    (offer,) = [m for m in n.to_dso if isinstance(m, FlexOffer)]
+    assert {b.direction for b in offer.blocks} == {"down"}  # the evening blocks left out
+    assert sum(b.kw for b in offer.blocks if b.ptu == 48) == pytest.approx(15.0)
+    orders = [o for o in n.to_homes if isinstance(o.message, FlexOrder)]
+    got: dict[str, float] = {}
+    for o in orders:
+        assert isinstance(o.message, FlexOrder) and o.message.direction == "down"
+        assert set(o.message.profile_kw) == set(MIDDAY)
+        got[o.to] = got.get(o.to, 0.0) + o.message.profile_kw[48]
+    # 10 kW a PTU, cheapest first: homes 0-5 all their 1.5 kW (9 kW), home 6 the last 1 kW
+    assert got == pytest.approx({h: 1.5 for h in HOMES[:6]} | {HOMES[6]: 1.0})
+    check = n.dso.check("trafo-1", DAY)
+    assert check is not None and check.safe is True
+    assert min(check.after_kw()) == pytest.approx(-LIMIT_KW)

@@ -18,6 +18,7 @@ from homeflex.agents.messages import (
     FlexOffer,
     FlexOrder,
     FlexRequest,
+    Metered,
     OfferBlock,
     Settlement,
 )
@@ -98,10 +99,12 @@ def test_the_worked_example_is_validated_bought_and_safe_afterwards() -> None:
         orders += out
     check = dso.check("trafo-1", DAY)
     assert check is not None
-    assert check.procurement is not None and check.safe
+    assert list(check.procurements) == [mo.Direction.UP] and check.safe
     # the cheapest offers: the same purchase as procuring the tiers directly
     direct = procure(market_request, tiers)
-    assert check.procurement.total_cost_eur == pytest.approx(direct.total_cost_eur)
+    assert check.procurements[mo.Direction.UP].total_cost_eur == pytest.approx(
+        direct.total_cost_eur
+    )
     assert max(check.after_kw()) <= LIMIT_KW + 1e-6
     # one order per accepted tier, to its aggregator, naming the offer it answers
     assert len(orders) == len(direct.accepted)
@@ -285,3 +288,63 @@ def test_two_orders_of_one_aggregator_in_a_ptu_count_each_kw_once(tmp_path: Path
     assert dear.payment_eur == pytest.approx(0.12 * 0.25)
     assert dear.penalty_eur == pytest.approx(0.40 * 0.25)
     assert cheap.delivered_kwh + dear.delivered_kwh == pytest.approx(2 * 1.5 * 0.25)
+
+
+# --- both directions ---------------------------------------------------------------------------
+
+MIDDAY = (48, 49, 50, 51)  # 12:00-13:00: the homes' PV flows back
+EVENING_PEAK = (80, 81)
+
+
+def test_back_flow_is_bought_away_downward_and_the_evening_upward_on_the_same_day(
+    tmp_path: Path,
+) -> None:
+    """A 30 kW point: agr-1 exports 34 kW at midday (4 kW of back-flow too much) and draws
+    33 kW in the evening (3 kW too much). The DSO asks for both, each its own request; the
+    midday orders are downward (more load), paid when the meters show the load raised."""
+    dso = DsoBrain("dso-1", [CongestionPoint("trafo-1", 30.0, frozenset({"agr-1"}))], 0.25,
+                   ledger=Ledger(tmp_path / "dso.db"))  # fmt: skip
+    net = [-34.0 if t in MIDDAY else 33.0 if t in EVENING_PEAK else 5.0 for t in range(96)]
+    p = DPrognosis(round="agr-1.r0", day=DAY, congestion_point="trafo-1", net_kw=net, homes=5)
+    ack, out = dso.on_message("agr-1", p, T0)
+    assert ack.status == "ok"
+    requests = {o.message.direction.value: o.message for o in out}  # type: ignore[union-attr]
+    up, down = requests["up"], requests["down"]
+    assert isinstance(up, FlexRequest) and isinstance(down, FlexRequest)
+    assert up.id == "trafo-1.2026-01-15" and up.profile_kw == {80: 3.0, 81: 3.0}
+    assert down.id == "trafo-1.2026-01-15.down"
+    assert down.profile_kw == pytest.approx(dict.fromkeys(MIDDAY, 4.0))
+    # an offer of the wrong direction for a request is not bought: only its own way counts
+    orders = []
+    for req, direction, price in ((up, "up", 0.10), (down, "down", 0.03)):
+        blocks = [OfferBlock(ptu=t, direction=direction, kw=5.0, price=price)
+                  for t in req.profile_kw]  # fmt: skip
+        blocks.append(OfferBlock(ptu=80, direction="up" if direction == "down" else "down",
+                                 kw=9.0, price=0.0))  # fmt: skip
+        offer = FlexOffer(round="agr-1.r0", id=f"agr-1.{req.id}", day=DAY, request=req.id,
+                          blocks=blocks)  # fmt: skip
+        ack, more = dso.on_message("agr-1", offer, T0 + 5)
+        assert ack.status == "ok"
+        orders += [o.message for o in more if isinstance(o.message, FlexOrder)]
+    by_way = {o.direction.value: o for o in orders}
+    assert len(orders) == 2
+    assert by_way["up"].profile_kw == pytest.approx({80: 3.0, 81: 3.0})
+    assert by_way["down"].profile_kw == pytest.approx(dict.fromkeys(MIDDAY, 4.0))
+    assert by_way["down"].price == 0.03
+    check = dso.check("trafo-1", DAY)
+    assert check is not None and check.safe is True
+    assert max(abs(kw) for kw in check.after_kw()) == pytest.approx(30.0)
+
+    # the meters: midday load raised by 3 kW of the 4 (export 31 kW), the evening fully given
+    kwh = {t: 5.0 * 0.25 for t in range(96)}
+    kwh |= {t: -31.0 * 0.25 for t in MIDDAY} | {t: 30.0 * 0.25 for t in EVENING_PEAK}
+    metered = Metered(day=DAY, congestion_point="trafo-1", first_ptu=0,
+                      net_kwh=[kwh[t] for t in range(96)], homes=5)  # fmt: skip
+    ack, settled = dso.on_message("agr-1", metered, T0 + 86_400)
+    assert ack.status == "ok", ack.detail
+    paid = {s.message.order: s.message for s in settled if isinstance(s.message, Settlement)}
+    d = paid[by_way["down"].id]
+    assert d.delivered_kwh == pytest.approx(3.0 * 0.25 * 4)
+    assert d.shortfall_kwh == pytest.approx(1.0 * 0.25 * 4)
+    assert d.payment_eur == pytest.approx(0.03 * 3.0)
+    assert paid[by_way["up"].id].delivered_kwh == pytest.approx(3.0 * 0.25 * 2)

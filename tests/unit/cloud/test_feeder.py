@@ -13,8 +13,9 @@ import yaml
 
 from homeflex.agents.messages import DPrognosis, FlexOffer, FlexOrder, FlexRequest, OfferBlock
 from homeflex.cloud.dso.brain import CongestionPoint, DsoBrain
-from homeflex.cloud.dso.feeder import RELIEF_STEPS, Feeder
+from homeflex.cloud.dso.feeder import DOWN, RELIEF_STEPS, UP, Feeder
 from homeflex.cloud.market.grid import power_flow, residential_loads_kw
+from homeflex.cloud.market.objects import Direction
 from homeflex.cloud.platform import PlatformConfig
 from homeflex.configfile import ConfigError, load_config
 
@@ -35,11 +36,16 @@ def violated(loads: dict[str, Sequence[float]]) -> set[int]:
     return {v.period for v in power_flow(loads).violations}
 
 
-def with_share_off(t: int, share: float) -> dict[str, list[float]]:
-    """The feeder's loads in PTU `t` with `share` of each aggregator's load taken off."""
-    loads = {b: [kw] for b, kw in OTHER_KW.items()}
-    for agg, series in (("agr-1", AGR1), ("agr-2", AGR2)):
-        loads[BUSES[agg]] = [series[t] * (1 - share) if series[t] > 0 else series[t]]
+def moved(t: int, kw: float, direction: Direction) -> dict[str, list[float]]:
+    """The feeder's loads in PTU `t` with `kw` of the aggregators' load (up) or export (down)
+    taken off, each aggregator by the same share of its own."""
+    own = {"agr-1": AGR1[t], "agr-2": AGR2[t]}
+    movable = {a: max(x, 0.0) if direction == UP else max(-x, 0.0) for a, x in own.items()}
+    share = kw / sum(movable.values())
+    sign = 1.0 if direction == UP else -1.0
+    loads = {b: [x] for b, x in OTHER_KW.items()}
+    for agg, x in own.items():
+        loads[BUSES[agg]] = [x - sign * share * movable[agg]]
     return loads
 
 
@@ -51,21 +57,31 @@ def test_the_relief_clears_each_violated_ptu_and_a_kw_less_would_not() -> None:
         (2, "bus", "Bus R18"), (3, "bus", "Bus R18"), (4, "bus", "Bus R18"), (7, "bus", "Bus R18")
     }  # fmt: skip
     assert all(v.value > 1.1 for v in check.violations if v.period == 7)
-    assert sorted(check.relief_kw) == [2, 3, 4] and check.unrelieved == [7]
-    for t, relief in check.relief_kw.items():
-        flexible = AGR1[t] + AGR2[t]
-        assert 0 < relief < flexible
-        assert violated(with_share_off(t, relief / flexible)) == set()
-        # the bisection's step is 1/128 of the load: a kW less than asked (and the step) fails
-        step = flexible / 2**RELIEF_STEPS
-        assert violated(with_share_off(t, (relief - step - 1.0) / flexible)) == {0}
+    # the evening asks for less load, the back-flow for less export (more load)
+    assert sorted(check.relief_kw[UP]) == [2, 3, 4] and list(check.relief_kw[DOWN]) == [7]
+    assert check.unrelieved == []
+    for direction, relief in check.relief_kw.items():
+        for t, kw in relief.items():
+            movable = abs(AGR1[t]) + abs(AGR2[t]) if direction == UP else -AGR1[t]
+            assert 0 < kw < movable
+            assert violated(moved(t, kw, direction)) == set()
+            # the bisection's step is 1/128 of the load: a kW less (and the step) fails
+            step = movable / 2**RELIEF_STEPS
+            assert violated(moved(t, kw - step - 1.0, direction)) == {0}
     # the deeper the evening peak, the more relief
-    assert check.relief_kw[2] < check.relief_kw[3] < check.relief_kw[4]
+    assert check.relief_kw[UP][2] < check.relief_kw[UP][3] < check.relief_kw[UP][4]
+
+
+def test_what_the_aggregators_cannot_clear_is_reported_and_asks_for_nothing() -> None:
+    # other homes draw 600 kW at R1: the 0.5 MVA transformer is overloaded whatever they do
+    check = Feeder(BUSES, {"R1": [600.0, 100.0]}).check({"agr-1": [20.0] * 2, "agr-2": [0.0] * 2})
+    assert [(v.period, v.element) for v in check.violations] == [(0, "trafo")]
+    assert check.unrelieved == [0] and check.relief_kw == {UP: {}, DOWN: {}}
 
 
 def test_a_feeder_within_its_limits_needs_nothing() -> None:
     check = feeder(2).check({"agr-1": AGR1[:2], "agr-2": AGR2[:2]})
-    assert check.ok and check.relief_kw == {} and check.unrelieved == []
+    assert check.ok and check.relief_kw == {UP: {}, DOWN: {}} and check.unrelieved == []
 
 
 def test_a_feeder_that_cannot_be_checked_says_what_is_wrong() -> None:
@@ -119,7 +135,7 @@ def test_the_dso_buys_the_feeders_relief_and_validates_again_until_it_is_safe() 
         request = out[0].message
         assert isinstance(request, FlexRequest)
         # only the feeder asks: the request is its relief, in the PTUs it found violated
-        assert request.profile_kw == check.grid.relief_kw
+        assert request.profile_kw == check.grid.relief_kw[UP]
         assert set(request.profile_kw) <= set(EVENING)
         asked.append(request.profile_kw)
         for agg in sorted(load):

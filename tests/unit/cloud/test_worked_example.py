@@ -19,6 +19,7 @@ from homeflex.agents.rounds import RoundStore
 from homeflex.cloud.aggregator.brain import AggregatorBrain, DayPrices
 from homeflex.cloud.dso.brain import CongestionPoint, DsoBrain, _tiers
 from homeflex.cloud.market.dso import procure
+from homeflex.cloud.market.objects import Direction
 from tests.unit.market.test_dso import AGGREGATORS, HOMES_PER_AGR, LIMIT_KW, homes_load
 
 DAY = date(2026, 1, 15)
@@ -94,20 +95,20 @@ def test_the_worked_example_through_the_brains(tmp_path: Path) -> None:
 
     assert check is not None
     assert max(check.prognosis_kw()) == pytest.approx(300.0)  # the three sums: the 300 kW peak
-    assert check.procurement is not None and check.safe
+    assert list(check.procurements) == [Direction.UP] and check.safe
+    procurement = check.procurements[Direction.UP]
     assert max(check.after_kw()) <= LIMIT_KW + 1e-6
     # the cheapest purchase of the tiers the aggregators offered
     offers = [m for m in to_dso if isinstance(m, FlexOffer)]
     assert sorted(o.id.split(".")[0] for o in offers) == sorted(AGGREGATORS)
-    tiers = [t for o in offers for t in _tiers(o.id.split(".")[0], o)]
-    assert check.request is not None
-    direct = procure(check.request, tiers)
-    assert check.procurement.total_cost_eur == pytest.approx(direct.total_cost_eur)
+    tiers = [t for o in offers for t in _tiers(o.id.split(".")[0], o, Direction.UP)]
+    direct = procure(check.requests[Direction.UP], tiers)
+    assert procurement.total_cost_eur == pytest.approx(direct.total_cost_eur)
     # each aggregator's home orders add up to what the DSO bought from it, PTU by PTU
     bought: dict[tuple[str, int], float] = {}
-    for oid, profile in check.procurement.accepted.items():
+    for oid, profile in procurement.accepted.items():
         for t, kw in profile.items():
-            key = (check.procurement.offers[oid].participant, t)
+            key = (procurement.offers[oid].participant, t)
             bought[key] = bought.get(key, 0.0) + kw
     split: dict[tuple[str, int], float] = {}
     for o in home_orders:
@@ -130,8 +131,8 @@ def test_the_worked_example_through_the_brains(tmp_path: Path) -> None:
     assert again is not None
     assert again is not None and again is not check and again.generation == 1
     assert again.prognosis_kw() == pytest.approx(check.after_kw())
-    assert again.safe is True and again.request is None  # honoured: nothing asked twice
-    assert check.procurement.total_cost_eur == pytest.approx(direct.total_cost_eur)
+    assert again.safe is True and again.requests == {}  # honoured: nothing asked twice
+    assert procurement.total_cost_eur == pytest.approx(direct.total_cost_eur)
     # no home got an order above its own block, and none at a price below its own ask
     for o in home_orders:
         assert isinstance(o.message, FlexOrder)
