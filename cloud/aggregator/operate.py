@@ -8,8 +8,11 @@ day), less the orders sent to homes that their plans do not show yet (a home's n
 holds every order it accepted: edge/cems.py). Gate closure: a PTU that begins less than
 `GATE_CLOSURE_S` from now, and is not over, is locked: nothing is traded with the DSO for it any
 more. When the portfolio in a locked PTU is above the commitment by more than the tolerance,
-the difference is ordered from the homes' upward blocks of that round that no order has taken,
-cheapest first, each at its own price (pay-as-bid), one order per block and a block at most
+the difference is ordered from the homes' upward blocks of that round that no order has taken;
+when it is below by more than the tolerance in a PTU where the DSO bought downward flexibility
+(the commitment is then a floor: the back-flow it was bought against), from their downward
+blocks (below the commitment anywhere else is not a breach: less load than promised). Either
+way cheapest first, each at its own price (pay-as-bid), one order per block and a block at most
 once; a block that may not be split only when it fits whole. What cannot be covered is logged
 once per PTU.
 
@@ -114,19 +117,22 @@ class Commitment:
         plan = self.round.plans.get(home)
         return -1 if plan is None else plan.revision
 
-    def free_blocks(self, ptu: int) -> list[tuple[float, str, int, float, bool]]:
-        """The homes' upward blocks in `ptu` that no order took: (price, home, index, kW left,
-        divisible), cheapest first. The DSO's orders, split among the homes, name no block:
-        they use up each home's blocks cheapest first."""
+    def free_blocks(
+        self, ptu: int, direction: Direction = Direction.UP
+    ) -> list[tuple[float, str, int, float, bool]]:
+        """The homes' blocks in `ptu` and `direction` that no order took: (price, home, index,
+        kW left, divisible), cheapest first. The DSO's orders, split among the homes, name no
+        block: they use up each home's blocks cheapest first."""
         free = []
         for home, offer in sorted(self.round.offers.items()):
-            mine = [o for o in self.orders.values() if o.home == home]
+            mine = [o for o in self.orders.values()
+                    if o.home == home and o.order.direction == direction]  # fmt: skip
             split = sum(o.order.profile_kw.get(ptu, 0.0) for o in mine if o.block is None)
             taken = {o.block for o in mine if o.block is not None}
             blocks = sorted(
                 (b.price, n, b.kw, b.divisible)
                 for n, b in enumerate(offer.blocks)
-                if b.ptu == ptu and b.direction == Direction.UP
+                if b.ptu == ptu and b.direction == direction
             )
             for price, n, kw, divisible in blocks:
                 used = min(split, kw)
@@ -137,13 +143,20 @@ class Commitment:
         return sorted(free)
 
     def redispatch(self, ptu: int, tolerance_kw: float) -> tuple[list[HomeOrder], float]:
-        """Orders for the portfolio's excess over the commitment in `ptu`, when more than
-        `tolerance_kw`, and the kW no free block covers."""
-        left = self.portfolio_kw(ptu) - self.committed_kw(ptu)
-        if left <= tolerance_kw:
+        """Orders for the portfolio's gap to the commitment in `ptu` (above it; or below it
+        where a downward order was sold), when more than `tolerance_kw`, and the kW no free
+        block covers."""
+        gap = self.portfolio_kw(ptu) - self.committed_kw(ptu)
+        floor = any(o.direction == Direction.DOWN and ptu in o.profile_kw
+                    for o in self.sold.values())  # fmt: skip
+        if gap > tolerance_kw:
+            direction, left = Direction.UP, gap
+        elif floor and -gap > tolerance_kw:
+            direction, left = Direction.DOWN, -gap
+        else:
             return [], 0.0
         new = []
-        for price, home, n, kw, divisible in self.free_blocks(ptu):
+        for price, home, n, kw, divisible in self.free_blocks(ptu, direction):
             take = min(left, kw) if divisible else kw * (kw <= left + EPS)
             if take <= EPS:
                 continue
@@ -154,7 +167,7 @@ class Commitment:
                 id=f"{self.round.id}.rd{ptu}.{done}",
                 day=self.round.day,
                 offer=self.round.offers[home].id,
-                direction=Direction.UP,
+                direction=direction,
                 profile_kw={ptu: take},
                 price=price,
             )
@@ -232,7 +245,7 @@ class Operate:
     # --- the tick ----------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[Outgoing]:
-        """Re-dispatch in every locked PTU where the portfolio is over its commitment."""
+        """Re-dispatch in every locked PTU where the portfolio strays from its commitment."""
         out = []
         today = datetime.fromtimestamp(now, UTC).date()
         for day in self._loaded_days(now):
@@ -254,7 +267,7 @@ class Operate:
                              len(new))  # fmt: skip
                 if short > self.tolerance_kw and ptu not in c.short:
                     c.short.add(ptu)
-                    log.warning("%s: PTU %d of %s: %.3f kW over the commitment and no block "
+                    log.warning("%s: PTU %d of %s: %.3f kW off the commitment and no block "
                                 "of round %s left to order", self.name, ptu, day, short,
                                 c.round.id)  # fmt: skip
         for day in [d for d in self.days if d < today]:

@@ -50,8 +50,8 @@ def plan(rid: str, revision: int = 0, **more: float) -> PPlan:
     return PPlan(round=rid, day=DAY, revision=revision, net_kw=net_kw(**more))
 
 
-def offer(home: str, rid: str) -> FlexOffer:
-    blocks = [OfferBlock(ptu=t, direction="up", kw=0.4, price=PRICE[home]) for t in PEAK]
+def offer(home: str, rid: str, direction: str = "up") -> FlexOffer:
+    blocks = [OfferBlock(ptu=t, direction=direction, kw=0.4, price=PRICE[home]) for t in PEAK]
     return FlexOffer(round=rid, id=f"{home}.{rid}", day=DAY, blocks=blocks)
 
 
@@ -60,9 +60,16 @@ def flat(day: date) -> DayPrices:
 
 
 class Portfolio:
-    """One aggregator, its five homes answering in time, and, if given a limit, its DSO."""
+    """One aggregator, its five homes answering in time, and, if given a limit, its DSO; the
+    homes' net load in the peak is `peak_kw` each, and their blocks go in `direction`."""
 
-    def __init__(self, path: Path, limit_kw: float | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        limit_kw: float | None = None,
+        peak_kw: float = 2.4,
+        direction: str = "up",
+    ) -> None:
         self.store = RoundStore(path)
         self.agg = self.brain()
         self.dso = None
@@ -74,7 +81,8 @@ class Portfolio:
         self.agg.open_round(DAY, T0)
         self.rid = self.agg.round_id(DAY)
         for home in HOMES:
-            for answer in (plan(self.rid), offer(home, self.rid)):
+            answers = (plan(self.rid, peak_kw=peak_kw), offer(home, self.rid, direction))
+            for answer in answers:
                 assert self.agg.on_message(home, answer, T0 + 5)[0].status == "ok"
         self.route(self.agg.on_tick(T0 + 6), T0 + 6)  # all answered: closes, D-prognosis out
 
@@ -236,3 +244,33 @@ def test_revisions_and_orders_survive_a_restart(tmp_path: Path) -> None:
     p.revise("home-4", 2, p80=1.3)
     (again,) = p.tick()  # not home-0's block again: home-3's
     assert p.to_homes[-1].to == "home-3" and again.id == f"{p.rid}.rd80.3"
+
+
+def test_back_flow_beyond_a_downward_sale_is_redispatched_to_the_homes_that_take_more(
+    tmp_path: Path,
+) -> None:
+    # the homes export 2.4 kW each in the peak: 12 kW back through a transformer for 11.2; the
+    # DSO buys 0.8 kW more load per peak PTU day-ahead from the two cheapest (home-1, home-2)
+    p = Portfolio(tmp_path / "rounds.db", limit_kw=11.2, peak_kw=-2.4, direction="down")
+    shares = by_home(p.to_homes)
+    assert sorted(shares) == ["home-1", "home-2"]
+    assert all(profile == dict.fromkeys(PEAK, 0.4) for profile, _ in shares.values())
+    assert p.tick() == []  # the shares are counted in force
+    # home-4's PV will send back 1 kW more at 20:00: the floor the DSO bought is broken, and
+    # the unused downward blocks make it up, cheapest first
+    p.revise("home-4", 1, peak_kw=-2.4, p80=-1.0)
+    got = p.tick()
+    assert {o.direction for o in got} == {"down"}
+    assert by_home(p.to_homes[-len(got) :]) == {
+        "home-0": ({80: 0.4}, 0.10),
+        "home-3": ({80: 0.4}, 0.12),
+        "home-4": ({80: 0.2}, 0.20),
+    }
+
+
+def test_less_load_than_committed_is_no_breach_where_nothing_was_sold_downward(
+    tmp_path: Path,
+) -> None:
+    p = Portfolio(tmp_path / "rounds.db")
+    p.revise("home-4", 1, p80=-1.0)  # 1 kW less than its P-plan said: nobody minds
+    assert p.tick() == []
