@@ -192,6 +192,15 @@ class RoundStore:
         )
         return {rid: json.loads(data) for rid, data in rows}
 
+    def days_with(self, prefix: str, since: date) -> list[date]:
+        """The days from `since` on whose rounds hold a record with a key beginning `prefix`."""
+        rows = self._db.execute(
+            "SELECT DISTINCT r.day FROM rounds r JOIN records c ON c.round = r.id"
+            " WHERE r.day >= ? AND substr(c.key, 1, ?) = ? ORDER BY r.day",
+            (since.isoformat(), len(prefix), prefix),
+        )
+        return [date.fromisoformat(d) for (d,) in rows]
+
     def open_rounds(self) -> list[str]:
         """Rounds not closed yet: what a restarted aggregator resumes."""
         return [i for (i,) in self._db.execute("SELECT id FROM rounds WHERE closed_at IS NULL")]

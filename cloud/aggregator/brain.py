@@ -19,7 +19,10 @@ once its home's readings cover the ordered PTUs (the ledger keeps it, the home g
 Settlement); and once every home the DSO's orders were bought on (those whose P-plans made the
 D-prognosis) has readings for the PTUs the DSO ordered, the DSO gets one `Metered`: their sum
 per PTU, no home's own series (seed 004 C.1.3). It is recorded in the ledger when sent, so it
-is sent once; delivery retries it until the DSO acknowledges.
+is sent once; delivery retries it until the DSO acknowledges. Operate's re-dispatch orders are
+settled with the home orders, each against the home's plan when it was ordered; a day with
+re-dispatch but no sale (found in the store, so also after a restart) is settled without a sum
+for the DSO.
 
 Operate (cloud/aggregator/operate.py): homes keep sending P-plan revisions after the round
 closed, and they are taken. A PTU that begins less than an hour from now and is not over is
@@ -41,7 +44,7 @@ import math
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from homeflex.agents.messages import (
     Ack,
@@ -267,43 +270,54 @@ class AggregatorBrain(Reporting):
         without proof); one settled before is not settled again."""
         settled = {e.data()["order"] for e in ledger.entries() if e.kind == "settlement"}
         out = []
-        for flex in self.flex.values():
-            if flex.request.day != day:
+        for home, order, base in self._home_orders(day):
+            if order.id in settled:
                 continue
-            for per_home in flex.orders.values():
-                for home, order in sorted(per_home.items()):
-                    if order.id in settled:
-                        continue
-                    if self.operate.void(order.id, day):
-                        continue  # refused by the home: never in force, neither paid nor fined
-                    base = flex.baselines[home]
-                    try:
-                        record = settle(
-                            order=order.id,
-                            participant=home,
-                            awarded_kw=order.profile_kw,
-                            baseline_kw={t: base[t] for t in order.profile_kw},
-                            metered_kwh=metered_kwh.get(home, {}),
-                            price=order.price,
-                            penalty_rate=penalty_eur_kwh,
-                            direction=mo.Direction(order.direction.value),
-                        )
-                    except ValueError as exc:
-                        log.warning("%s: %s not settled yet: %s", self.name, order.id, exc)
-                        continue
-                    ledger.record(record)
-                    settled.add(order.id)
-                    msg = Settlement(
-                        order=order.id,
-                        day=day,
-                        delivered_kwh=record.delivered_kwh,
-                        shortfall_kwh=record.shortfall_kwh,
-                        payment_eur=record.payment_eur,
-                        penalty_eur=record.penalty_eur,
-                    )
-                    out.append(
-                        Outgoing(home, msg, key=f"settlement:{order.id}", ttl_s=SETTLED_TTL_S)
-                    )
+            try:
+                record = settle(
+                    order=order.id,
+                    participant=home,
+                    awarded_kw=order.profile_kw,
+                    baseline_kw={t: base[t] for t in order.profile_kw},
+                    metered_kwh=metered_kwh.get(home, {}),
+                    price=order.price,
+                    penalty_rate=penalty_eur_kwh,
+                    direction=mo.Direction(order.direction.value),
+                )
+            except ValueError as exc:
+                log.warning("%s: %s not settled yet: %s", self.name, order.id, exc)
+                continue
+            ledger.record(record)
+            settled.add(order.id)
+            msg = Settlement(
+                order=order.id,
+                day=day,
+                delivered_kwh=record.delivered_kwh,
+                shortfall_kwh=record.shortfall_kwh,
+                payment_eur=record.payment_eur,
+                penalty_eur=record.penalty_eur,
+            )
+            out.append(Outgoing(home, msg, key=f"settlement:{order.id}", ttl_s=SETTLED_TTL_S))
+        return out
+
+    def _home_orders(self, day: date) -> list[tuple[str, FlexOrder, Mapping[int, float]]]:
+        """The home orders of `day` in force, each with its home and baseline (kW by PTU):
+        the DSO's orders as split, against the home's P-plan before them, and the re-dispatch
+        orders of Operate, against the home's plan when each was ordered. One a home refused
+        was never in force: neither paid nor fined."""
+        out: list[tuple[str, FlexOrder, Mapping[int, float]]] = []
+        for flex in self.flex.values():
+            if flex.request.day == day:
+                for per_home in flex.orders.values():
+                    for home, order in sorted(per_home.items()):
+                        if not self.operate.void(order.id, day):
+                            out.append((home, order, dict(enumerate(flex.baselines[home]))))
+        for o in self.operate.redispatched(day):
+            if o.baseline_kw is None:
+                log.warning("%s: re-dispatch %s has no baseline kept: not settled", self.name,
+                            o.order.id)  # fmt: skip
+                continue
+            out.append((o.home, o.order, o.baseline_kw))
         return out
 
     def _settle_due(self, now: float) -> list[Outgoing]:
@@ -312,7 +326,10 @@ class AggregatorBrain(Reporting):
         s = self.settling
         if s is None or now < s.next_try:
             return []
-        days = {f.request.day for f in self.flex.values() if f.sold} - s.done
+        recent = datetime.fromtimestamp(now, UTC).date() - timedelta(days=RESUME_DAYS)
+        days = {f.request.day for f in self.flex.values() if f.sold}
+        days |= set(self.store.days_with("order:", recent))  # re-dispatched without a sale
+        days -= s.done
         due = [d for d in sorted(days) if now >= day_start(d + timedelta(days=1)) + s.after_s]
         if due:
             s.next_try = now + s.retry_s
@@ -329,11 +346,11 @@ class AggregatorBrain(Reporting):
         flexes = [f for f in self.flex.values() if f.request.day == day and f.sold]
         # the homes whose P-plans made the D-prognosis the DSO bought on: its baseline's homes
         homes = sorted({h for f in flexes for h in f.answers.plans})
-        ordered = {h for f in flexes for per_home in f.orders.values() for h in per_home}
-        metered = s.meters.day_kwh(sorted(set(homes) | ordered), day)
+        orders = self._home_orders(day)
+        metered = s.meters.day_kwh(sorted(set(homes) | {h for h, _, _ in orders}), day)
         out = self.settle(day, metered, s.ledger, s.penalty_eur_kwh)
         entries = s.ledger.entries()
-        sent = any(
+        sent = not flexes or any(  # nothing sold that day: no sum for the DSO
             e.kind == "metered"
             and e.data()["day"] == day.isoformat()
             and e.data()["congestion_point"] == self.congestion_point
@@ -362,10 +379,7 @@ class AggregatorBrain(Reporting):
                 out.append(Outgoing(self.dso, msg, key=key, ttl_s=SETTLED_TTL_S))
                 sent = True
         settled = {e.data()["order"] for e in s.ledger.entries() if e.kind == "settlement"}
-        homes_done = all(
-            o.id in settled for f in flexes for per_home in f.orders.values()
-            for o in per_home.values()
-        )  # fmt: skip
+        homes_done = all(o.id in settled for _, o, _ in orders)
         if sent and homes_done:
             s.done.add(day)
             log.info("%s: %s settled", self.name, day)

@@ -69,6 +69,9 @@ class HomeOrder:
     revision: int  # the home's P-plan revision when the order went out; a higher one holds it
     block: int | None = None  # a re-dispatch: the index of the home's offer block it takes
     void: bool = False  # refused or never acknowledged: not in force, and not ordered again
+    # a re-dispatch: what the home was to draw in its PTU without it (its P-plan then, with the
+    # orders it had not planned in yet): what Settle measures its delivery against
+    baseline_kw: dict[int, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,12 +80,15 @@ class HomeOrder:
             "revision": self.revision,
             "block": self.block,
             "void": self.void,
+            "baseline_kw": self.baseline_kw,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HomeOrder:
         order = FlexOrder.model_validate(data["order"])
-        return cls(data["home"], order, data["revision"], data["block"], data["void"])
+        base = data.get("baseline_kw")  # absent in records from before it was kept
+        baseline = None if base is None else {int(t): kw for t, kw in base.items()}
+        return cls(data["home"], order, data["revision"], data["block"], data["void"], baseline)
 
 
 @dataclass
@@ -107,11 +113,17 @@ class Commitment:
 
     def portfolio_kw(self, ptu: int) -> float:
         """The homes' latest P-plans summed, less the orders their plans do not show yet."""
-        total = sum(kw for p in self.round.plans.values() if (kw := _at(p, ptu)) is not None)
+        homes = set(self.round.plans) | {o.home for o in self.orders.values()}
+        return sum(self.home_kw(home, ptu) for home in homes)
+
+    def home_kw(self, home: str, ptu: int) -> float:
+        """The home's latest P-plan in `ptu`, less the orders it does not show yet."""
+        plan = self.round.plans.get(home)
+        kw = (_at(plan, ptu) if plan is not None else None) or 0.0
         for o in self.orders.values():
-            if not o.void and o.revision >= self.revision(o.home):
-                total -= _sign(o.order.direction) * o.order.profile_kw.get(ptu, 0.0)
-        return total
+            if o.home == home and not o.void and o.revision >= self.revision(home):
+                kw -= _sign(o.order.direction) * o.order.profile_kw.get(ptu, 0.0)
+        return kw
 
     def revision(self, home: str) -> int:
         plan = self.round.plans.get(home)
@@ -149,9 +161,9 @@ class Commitment:
         gap = self.portfolio_kw(ptu) - self.committed_kw(ptu)
         floor = any(o.direction == Direction.DOWN and ptu in o.profile_kw
                     for o in self.sold.values())  # fmt: skip
-        if gap > tolerance_kw:
+        if gap > tolerance_kw + EPS:  # (sums of kW carry rounding)
             direction, left = Direction.UP, gap
-        elif floor and -gap > tolerance_kw:
+        elif floor and -gap > tolerance_kw + EPS:
             direction, left = Direction.DOWN, -gap
         else:
             return [], 0.0
@@ -171,7 +183,8 @@ class Commitment:
                 profile_kw={ptu: take},
                 price=price,
             )
-            o = HomeOrder(home, order, self.revision(home), block=n)
+            base = {ptu: self.home_kw(home, ptu)}
+            o = HomeOrder(home, order, self.revision(home), block=n, baseline_kw=base)
             self.orders[order.id] = o
             new.append(o)
             left -= take
@@ -236,6 +249,13 @@ class Operate:
                     o.void = True
                     self._keep(c, o)
                     log.warning("%s: %s to %s is not in force", self.name, oid, o.home)
+
+    def redispatched(self, day: date) -> list[HomeOrder]:
+        """The re-dispatch orders of `day` in force (read from the store for a day no longer
+        followed), by id."""
+        orders = [o for c in self._day(day) for o in c.orders.values()]
+        return sorted((o for o in orders if o.block is not None and not o.void),
+                      key=lambda o: o.order.id)  # fmt: skip
 
     def void(self, oid: str, day: date) -> bool:
         """Whether the home refused order `oid` of `day`, or never acknowledged it (read from

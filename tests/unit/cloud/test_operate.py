@@ -20,12 +20,15 @@ from homeflex.agents.messages import (
     OfferBlock,
     Payload,
     PPlan,
+    Settlement,
 )
 from homeflex.agents.node import Outgoing
 from homeflex.agents.rounds import RoundStore
-from homeflex.cloud.aggregator.brain import AggregatorBrain, DayPrices
+from homeflex.cloud.aggregator.brain import AggregatorBrain, DayPrices, Settling
+from homeflex.cloud.aggregator.meters import HistoryMeters
 from homeflex.cloud.aggregator.operate import GATE_CLOSURE_S, locked, ptu_start
 from homeflex.cloud.dso.brain import CongestionPoint, DsoBrain
+from homeflex.cloud.market.settlement import Ledger
 
 DAY = date(2026, 1, 15)
 T0 = ptu_start(DAY - timedelta(days=1), 48)  # the day before, 12:00 UTC: day-ahead
@@ -69,8 +72,10 @@ class Portfolio:
         limit_kw: float | None = None,
         peak_kw: float = 2.4,
         direction: str = "up",
+        settling: Settling | None = None,
     ) -> None:
         self.store = RoundStore(path)
+        self.settling = settling
         self.agg = self.brain()
         self.dso = None
         if limit_kw is not None:
@@ -88,7 +93,8 @@ class Portfolio:
 
     def brain(self) -> AggregatorBrain:
         return AggregatorBrain("agr-1", frozenset(HOMES), "dso-1", "trafo-1", self.store, flat,
-                               redispatch_tolerance_kw=TOLERANCE_KW)  # fmt: skip
+                               redispatch_tolerance_kw=TOLERANCE_KW,
+                               settling=self.settling)  # fmt: skip
 
     def route(self, out: list[Outgoing], now: float) -> list[Outgoing]:
         """Between the aggregator and the DSO at once; what goes to homes is returned."""
@@ -274,3 +280,56 @@ def test_less_load_than_committed_is_no_breach_where_nothing_was_sold_downward(
     p = Portfolio(tmp_path / "rounds.db")
     p.revise("home-4", 1, p80=-1.0)  # 1 kW less than its P-plan said: nobody minds
     assert p.tick() == []
+
+
+def test_redispatch_orders_are_settled_against_the_plan_they_were_ordered_on(
+    tmp_path: Path,
+) -> None:
+    p = Portfolio(tmp_path / "rounds.db")
+    p.revise("home-4", 1, p80=1.0)
+    assert len(p.tick()) == 3  # home-1 0.4 kW, home-2 0.4, home-0 0.2 at 20:00, from 2.4 kW
+    # the meters at 20:00: home-1 took 2.0 kW (all of it), home-2 2.2 (half), home-0 2.4 (none)
+    metered = {h: {t: 2.0 * 0.25 for t in range(96)} for h in HOMES}
+    for home, kw in (("home-1", 2.0), ("home-2", 2.2), ("home-0", 2.4), ("home-4", 3.4)):
+        metered[home][80] = kw * 0.25
+    ledger = Ledger(tmp_path / "ledger.db")
+    out = p.agg.settle(DAY, metered, ledger, penalty_eur_kwh=0.5)
+    got = {o.to: o.message for o in out}
+    assert sorted(got) == ["home-0", "home-1", "home-2"]  # home-4 was not ordered anything
+    s1, s2, s0 = got["home-1"], got["home-2"], got["home-0"]
+    assert isinstance(s1, Settlement) and isinstance(s2, Settlement)
+    assert isinstance(s0, Settlement)
+    assert (s1.delivered_kwh, s1.shortfall_kwh) == pytest.approx((0.1, 0.0))
+    assert (s1.payment_eur, s1.penalty_eur) == pytest.approx((0.06 * 0.1, 0.0))
+    assert (s2.delivered_kwh, s2.shortfall_kwh) == pytest.approx((0.05, 0.05))
+    assert s2.payment_eur == pytest.approx(0.08 * 0.05)
+    assert s2.penalty_eur == pytest.approx(0.5 * 0.05)
+    assert (s0.delivered_kwh, s0.shortfall_kwh) == pytest.approx((0.0, 0.05))
+    assert [p["baseline_kw"] for e in ledger.entries() for p in e.data()["periods"]] == [2.4] * 3
+    # a restarted aggregator knows what it ordered, and the ledger what it settled: not again
+    p.agg = p.brain()
+    assert p.agg.settle(DAY, metered, ledger, penalty_eur_kwh=0.5) == []
+
+
+def test_a_day_with_redispatch_and_no_sale_is_settled_on_the_tick_from_the_history(
+    tmp_path: Path,
+) -> None:
+    from tests.unit.cloud.test_settle_day import DAY_END, History
+
+    history = History(tmp_path / "history")
+    ledger = Ledger(tmp_path / "ledger.db")
+    settling = Settling(HistoryMeters.open(history.dir.root), ledger, 0.5, after_s=1800.0)
+    p = Portfolio(tmp_path / "rounds.db", settling=settling)
+    p.revise("home-4", 1, p80=1.0)
+    assert len(p.tick()) == 3
+    for home, kw in (("home-1", 2.0), ("home-2", 2.2), ("home-0", 2.4), ("home-4", 3.4)):
+        history.day(home, {t: 2.4 for t in PEAK} | {80: kw})
+    history.day("home-3", {t: 2.4 for t in PEAK})
+    # a restarted aggregator: it finds the day in its store, though nothing was sold that day
+    p.agg = p.brain()
+    out = p.agg.on_tick(DAY_END + 1800.0)
+    assert all(isinstance(o.message, Settlement) for o in out)  # no sum for the DSO
+    delivered = {o.to: o.message.delivered_kwh for o in out}  # type: ignore[union-attr]
+    assert delivered == pytest.approx({"home-1": 0.1, "home-2": 0.05, "home-0": 0.0})
+    assert settling.done == {DAY}
+    assert p.agg.on_tick(DAY_END + 1800.0 + 3600) == []
