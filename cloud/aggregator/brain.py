@@ -3,13 +3,13 @@
 Plan: for each day it opens a round (agents/rounds.py): prices to every home, each answers with
 its P-plan and flexibility offer by the deadline; the round closes without the silent. Validate:
 the A-plan, summed, goes to the DSO as the D-prognosis; when the DSO asks for flexibility, the
-aggregator offers its homes' upward blocks in the requested PTUs at or below the max price,
-summed into tiers by price step and divisibility, so the DSO learns no home's offer. When the
-DSO orders a tier, the aggregator splits the order among the homes whose blocks made the tier,
-cheapest first, a block that may not be split whole or not at all, prices each home's share by
-its payment rule (cloud/aggregator/local_market.py: pay-as-bid, seed 004's rule, by default;
-uniform or VCG), and sends each home its order, delivered until acknowledged. Settle: each
-home order is measured against the home's P-plan before it; the DSO's settlements of the
+aggregator offers its homes' blocks in the requested direction and PTUs at or below the max
+price, summed into tiers by price step and divisibility, so the DSO learns no home's offer.
+When the DSO orders a tier, the aggregator splits the order among the homes whose blocks made
+the tier, cheapest first, a block that may not be split whole or not at all, prices each home's
+share by its payment rule (cloud/aggregator/local_market.py: pay-as-bid, seed 004's rule, by
+default; uniform or VCG), and sends each home its order, delivered until acknowledged. Settle:
+each home order is measured against the home's P-plan before it; the DSO's settlements of the
 aggregator's own orders are taken and kept (`dso_settlements`).
 
 Settle on the platform (`settling`): on a tick, each day with DSO orders whose end is
@@ -29,7 +29,8 @@ closed, and they are taken. A PTU that begins less than an hour from now and is 
 locked (gate closure): it is no longer offered to the DSO. On each tick, wherever in a locked
 PTU the portfolio's current A-plan is above what the aggregator committed (its last D-prognosis
 less the DSO's orders it took) by more than a tolerance, it orders the difference from its
-homes' upward blocks that no order took, cheapest first, pay-as-bid, each block at most once,
+homes' upward blocks that no order took (below it where a downward order was sold: from their
+downward blocks), cheapest first, pay-as-bid, each block at most once,
 without trading and without a word to the DSO; what no block covers is logged once per PTU.
 
 Every state change is kept in the RoundStore before it is acknowledged, so an aggregator
