@@ -2,10 +2,10 @@
 
 Each aggregator (one per congestion point), the DSO and the forecaster run as NodeAgents over
 XMPP with TLS, in this process. Every agent keeps its state under `state_dir/<name>/`: the
-replay cache, the deliveries awaiting acknowledgement, the aggregator's rounds, its security
-log. So a restart resumes open rounds and resends what was not acknowledged. Each day at
-`day_ahead_at` (UTC) an aggregator opens the next day's round; `--open DAY` opens a round for
-DAY at start.
+replay cache, the deliveries awaiting acknowledgement, the aggregator's rounds, the DSO's
+checks, the security log. So a restart resumes open rounds and validations and resends what was
+not acknowledged. Each day at `day_ahead_at` (UTC) an aggregator opens the next day's round;
+`--open DAY` opens a round for DAY at start.
 
 An aggregator's prices are flat, or come from a price file in the gateway's format (start,
 series_step_s, import_price, export_price; cloud/aggregator/prices.py), with flat prices where
@@ -88,6 +88,7 @@ from homeflex.cloud.aggregator.local_market import PaymentRule
 from homeflex.cloud.aggregator.meters import HistoryDirMeters
 from homeflex.cloud.aggregator.prices import FilePrices
 from homeflex.cloud.dso.brain import PTUS, CongestionPoint, DsoBrain
+from homeflex.cloud.dso.checks import CheckStore
 from homeflex.cloud.dso.feeder import Feeder
 from homeflex.cloud.forecast.brain import ForecasterBrain
 from homeflex.cloud.forecast.site import Site
@@ -311,7 +312,8 @@ def build(cfg: PlatformConfig) -> list[tuple[NodeAgent, Brain, time | None]]:
         def dso(name: str, state: Path) -> DsoBrain:
             return DsoBrain(name, points, d.max_price, prognosis_wait_s=d.prognosis_wait_s,
                             offer_window_s=d.offer_window_s, ledger=Ledger(state / "ledger.db"),
-                            penalty_eur_kwh=d.penalty_eur_kwh)  # fmt: skip
+                            penalty_eur_kwh=d.penalty_eur_kwh,
+                            store=CheckStore(state / "checks.db"))  # fmt: skip
 
         peers = [path for p in d.points for path in p.aggregators.values()]
         agent, brain = _agent(cfg, d, peers, dso)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from homeflex.agents.messages import (
@@ -55,6 +55,7 @@ from homeflex.agents.messages import (
     Settlement,
 )
 from homeflex.agents.node import Outgoing, Reporting
+from homeflex.cloud.dso.checks import CheckStore
 from homeflex.cloud.dso.feeder import Feeder, FeederCheck
 from homeflex.cloud.market import dso as market
 from homeflex.cloud.market import objects as mo
@@ -63,6 +64,7 @@ from homeflex.cloud.market.settlement import Ledger, settle
 log = logging.getLogger(__name__)
 PTUS = 96
 SETTLED_TTL_S = 7 * 86_400.0  # a settlement is delivered for days: the aggregator may be down
+RESUME_DAYS = 14  # a restarted DSO takes back its checks of this many days
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,49 @@ class Check:
     def request_for(self, request_id: str) -> mo.FlexRequest | None:
         return next((r for r in self.requests.values() if r.id == request_id), None)
 
+    def to_json(self) -> dict[str, Any]:
+        """What a restarted DSO needs to go on with it (the purchases are made again from the
+        offers: `procure` is deterministic)."""
+
+        def dump(messages: Mapping[str, Payload]) -> dict[str, Any]:
+            return {k: m.model_dump(mode="json") for k, m in messages.items()}
+
+        return {
+            "point": self.point.name,
+            "day": self.day.isoformat(),
+            "started": self.started,
+            "generation": self.generation,
+            "prognoses": dump(self.prognoses),
+            "estimated": dump(self.estimated),
+            "requests": {d.value: r.model_dump(mode="json") for d, r in self.requests.items()},
+            "answer_by": self.answer_by,
+            "offers": {rid: dump(by_agg) for rid, by_agg in self.offers.items()},
+            "bought": [d.value for d in self.procurements],
+            "safe": self.safe,
+        }
+
+    @classmethod
+    def from_json(cls, point: CongestionPoint, data: dict[str, Any]) -> Check:
+        """The check as kept, without its purchases (DsoBrain makes them again)."""
+        return cls(
+            point=point,
+            day=date.fromisoformat(data["day"]),
+            started=data["started"],
+            generation=data["generation"],
+            prognoses={a: DPrognosis.model_validate(p) for a, p in data["prognoses"].items()},
+            estimated={a: DPrognosis.model_validate(p) for a, p in data["estimated"].items()},
+            requests={
+                mo.Direction(d): mo.FlexRequest.model_validate(r)
+                for d, r in data["requests"].items()
+            },
+            answer_by=data["answer_by"],
+            offers={
+                rid: {a: FlexOffer.model_validate(o) for a, o in by_agg.items()}
+                for rid, by_agg in data["offers"].items()
+            },
+            safe=data["safe"],
+        )
+
 
 @dataclass(frozen=True)
 class Placed:
@@ -160,6 +205,7 @@ class DsoBrain(Reporting):
         period_h: float = 0.25,
         ledger: Ledger | None = None,
         penalty_eur_kwh: float = 0.1,
+        store: CheckStore | None = None,
     ) -> None:
         self.name = name
         self.points = {p.name: p for p in points}
@@ -176,6 +222,35 @@ class DsoBrain(Reporting):
             if e.kind == "placed":  # a restart: the orders placed before are still to settle
                 p = _placed_from_json(e.data())
                 self.placed[p.order.id] = p
+        self.store = store
+        if store is not None:
+            self._resume(store)
+
+    def _resume(self, store: CheckStore) -> None:
+        """After a restart: the validations of the last RESUME_DAYS days (before the newest
+        one's) as they were kept, each purchase made again from the offers it was made from."""
+        latest = store.latest_day()
+        if latest is None:
+            return
+        for data in store.since(latest - timedelta(days=RESUME_DAYS)):
+            point = self.points.get(data["point"])
+            if point is None:
+                log.warning("%s: a check of %s on %s is kept, but the point is no longer "
+                            "configured: left alone", self.name, data["point"],
+                            data["day"])  # fmt: skip
+                continue
+            check = Check.from_json(point, data)
+            for way in data["bought"]:
+                request = check.requests[mo.Direction(way)]
+                check.procurements[request.direction] = self._procure(check, request)
+            self.checks.append(check)
+            if check.safe is None:
+                log.info("%s: resumed the check of %s on %s", self.name, point.name, check.day)
+
+    def _save(self, check: Check) -> None:
+        if self.store is not None:
+            self.store.save(check.point.name, check.day, check.generation, check.started,
+                            check.to_json())  # fmt: skip
 
     def check(self, point: str, day: date) -> Check | None:
         """The latest validation of `point` on `day`."""
@@ -208,6 +283,7 @@ class DsoBrain(Reporting):
             check = Check(point, p.day, started=now, generation=later)
             self.checks.append(check)
         check.prognoses[sender] = p
+        self._save(check)
         if set(check.prognoses) == set(point.aggregators):
             return Ack(status="ok"), self._validate(check, now)
         return Ack(status="ok"), []
@@ -226,6 +302,7 @@ class DsoBrain(Reporting):
         if request.direction in check.procurements or now > check.answer_by:
             return Ack(status="refused", detail=f"request {offer.request} closed"), []
         offers[sender] = offer
+        self._save(check)
         if set(offers) == set(check.prognoses):
             return Ack(status="ok"), self._buy(check, request)
         return Ack(status="ok"), []
@@ -286,10 +363,12 @@ class DsoBrain(Reporting):
             for d, profile in wanted.items()
             if profile
         }
+        check.answer_by = now + self.offer_window_s
         if not check.requests:
             check.safe = True
+        self._save(check)
+        if check.safe:
             return []
-        check.answer_by = now + self.offer_window_s
         # each aggregator that reported is asked in its own round; a silent one is not
         return [
             Outgoing(
@@ -310,16 +389,20 @@ class DsoBrain(Reporting):
             for agg, p in sorted(check.prognoses.items())
         ]
 
-    def _buy(self, check: Check, request: mo.FlexRequest) -> list[Outgoing]:
+    def _procure(self, check: Check, request: mo.FlexRequest) -> market.Procurement:
         offers = [
             o
             for agg, offer in sorted(check.offers.get(request.id, {}).items())
             for o in _tiers(agg, offer, request.direction)
         ]
-        got = market.procure(request, offers, period_h=self.period_h)
+        return market.procure(request, offers, period_h=self.period_h)
+
+    def _buy(self, check: Check, request: mo.FlexRequest) -> list[Outgoing]:
+        got = self._procure(check, request)
         check.procurements[request.direction] = got
         if set(check.procurements) == set(check.requests):
             check.safe = all(p.met for p in check.procurements.values())
+        self._save(check)  # before the orders go: a restart buys the same again, not anew
         out = []
         placed: list[tuple[str, FlexOrder]] = []
         for order in got.orders():

@@ -23,6 +23,7 @@ from homeflex.agents.messages import (
     Settlement,
 )
 from homeflex.cloud.dso.brain import CongestionPoint, DsoBrain
+from homeflex.cloud.dso.checks import CheckStore
 from homeflex.cloud.market import objects as mo
 from homeflex.cloud.market.dso import congestion_request, procure
 from homeflex.cloud.market.settlement import Ledger
@@ -348,3 +349,62 @@ def test_back_flow_is_bought_away_downward_and_the_evening_upward_on_the_same_da
     assert d.shortfall_kwh == pytest.approx(1.0 * 0.25 * 4)
     assert d.payment_eur == pytest.approx(0.03 * 3.0)
     assert paid[by_way["up"].id].delivered_kwh == pytest.approx(3.0 * 0.25 * 2)
+
+
+# --- a restart ---------------------------------------------------------------------------------
+
+
+def test_a_dso_restarted_mid_round_goes_on_with_its_checks(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    load = homes_load(rng)
+    ps = prognoses(load)
+
+    def dso() -> DsoBrain:
+        point = CongestionPoint("trafo-1", LIMIT_KW, frozenset(AGGREGATORS))
+        return DsoBrain("dso-1", [point], max_price=0.25, store=CheckStore(tmp_path / "c.db"))
+
+    first = dso()
+    requests = []
+    for n, (agr, p) in enumerate(ps.items()):
+        requests += first.on_message(agr, p, T0 + n)[1]
+    request = requests[0].message
+    assert isinstance(request, FlexRequest)
+    # the DSO dies after asking; a new one takes its checks back from the store
+    again = dso()
+    check = again.check("trafo-1", DAY)
+    assert check is not None and check.safe is None and check.answer_by == T0 + 2 + 120
+    assert check.prognosis_kw() == pytest.approx([float(x) for x in load.sum(0)])
+    assert check.requests[mo.Direction.UP].profile_kw == pytest.approx(request.profile_kw)
+    ack, out = again.on_message("agr-a", ps["agr-a"], T0 + 5)  # resent: its ack was lost
+    assert (ack.detail, out) == ("taken before", [])
+
+    market_request = check.requests[mo.Direction.UP]
+    tiers = aggregator_offers(market_request, load, rng)
+    orders = []
+    for agr in AGGREGATORS[:2]:
+        assert again.on_message(agr, as_message(agr, request.id, tiers), T0 + 10)[0].status == "ok"
+    # and dies again between two offers: the third one completes the purchase all the same
+    third = dso()
+    agr = AGGREGATORS[2]
+    ack, orders = third.on_message(agr, as_message(agr, request.id, tiers), T0 + 11)
+    assert ack.status == "ok"
+    bought = third.check("trafo-1", DAY)
+    assert bought is not None and bought.safe is True
+    direct = procure(market_request, tiers)
+    assert bought.procurements[mo.Direction.UP].total_cost_eur == pytest.approx(
+        direct.total_cost_eur
+    )
+    # the same orders, ids and all, as a DSO that never stopped places
+    plain, same = brain(), []
+    for n, (a, p) in enumerate(ps.items()):
+        plain.on_message(a, p, T0 + n)
+    for a in AGGREGATORS:
+        same += plain.on_message(a, as_message(a, request.id, tiers), T0 + 10)[1]
+    assert [(o.to, o.message) for o in orders] == [(o.to, o.message) for o in same]
+    assert len(orders) == len(direct.accepted)
+    # after the purchase: the offers are known, the purchase the same, nothing bought twice
+    fourth = dso()
+    done = fourth.check("trafo-1", DAY)
+    assert done is not None and done.safe is True and done.after_kw() == bought.after_kw()
+    ack, out = fourth.on_message(agr, as_message(agr, request.id, tiers), T0 + 12)
+    assert (ack.detail, out) == ("taken before", [])
