@@ -4,6 +4,7 @@ brain, from the DSO's order to the homes' orders and their settlement."""
 
 from __future__ import annotations
 
+import random
 from datetime import date
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 from homeflex.agents.messages import FlexOffer, FlexOrder, FlexRequest, OfferBlock, PPlan
 from homeflex.agents.rounds import RoundStore
 from homeflex.cloud.aggregator.brain import AggregatorBrain, DayPrices
-from homeflex.cloud.aggregator.local_market import PaymentRule, split
+from homeflex.cloud.aggregator.local_market import BUYER, OrderSplit, PaymentRule, split
+from homeflex.cloud.market.lfm import LfmClearing
+from homeflex.cloud.market.objects import Bid, Block, Side
 from homeflex.cloud.market.settlement import Ledger
 
 H = 0.25  # h per PTU
@@ -151,3 +154,26 @@ def test_the_brain_prices_the_homes_orders_by_its_rule_and_settles_them(
     out = agg.settle(DAY, metered, Ledger(tmp_path / f"{rule}-ledger.db"), penalty_eur_kwh=0.3)
     paid = {o.to: o.message.payment_eur for o in out}  # type: ignore[attr-defined]
     assert paid == pytest.approx({h: prices[h] * orders[h].profile_kw[80] * H for h in orders})
+
+
+def test_with_one_buyer_the_seed_002_lfm_clears_a_divisible_tier_as_the_split_does() -> None:
+    """Why the aggregator's local market is the split and not a seed 002 LFM method: inside one
+    DSO order there is one buyer at one price, and the impact-based LFM (an LP maximising the
+    welfare) then takes the sellers cheapest first, exactly as the split does."""
+    rng = random.Random(7)
+    lfm = LfmClearing("lfm-impact-ptu", ordered=False, period_h=H)
+    for _ in range(30):
+        bids = []
+        for t in range(4):
+            prices = rng.sample(range(1, 40), 6)  # distinct: no ties to break differently
+            for n, cents in enumerate(prices):
+                bids.append(Bid(id=f"b{t}.{n}", participant=f"h{n}", period=t, side=Side.SELL,
+                                blocks=[Block(quantity=rng.uniform(0.1, 2.0),
+                                              price=cents / 100)]))  # fmt: skip
+            order = Block(quantity=rng.uniform(0.5, 8.0), price=0.40)
+            bids.append(Bid(id=f"order.{t}", participant=BUYER, period=t, side=Side.BUY,
+                            blocks=[order]))  # fmt: skip
+        ours, theirs = OrderSplit(divisible=True, period_h=H).clear(bids), lfm.clear(bids)
+        got = {a.bid: a.quantity for a in ours.awards}
+        assert {a.bid: a.quantity for a in theirs.awards} == pytest.approx(got, abs=1e-6)
+        assert theirs.welfare == pytest.approx(ours.welfare, abs=1e-6)
