@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from homeflex.agents.messages import FlexOffer, FlexOrder, PPlan, Prices, Settlement
+from homeflex.agents.messages import FlexOffer, FlexOrder, OfferBlock, PPlan, Prices, Settlement
 from homeflex.edge.cems import HomeBrain
 from homeflex.edge.planner.flexibility import envelope
 from homeflex.edge.planner.inputs import FlexOrder as PlannedOrder
@@ -91,15 +91,22 @@ def test_prices_are_answered_with_the_plan_and_the_envelope_as_the_offer() -> No
     assert (again.status, more) == ("ok", [])  # its ack was lost: answered before
 
 
-def test_an_order_it_can_keep_is_kept_and_one_it_cannot_is_refused() -> None:
-    b = brain()
+def half_the_largest_block(b: HomeBrain, direction: str) -> tuple[OfferBlock, float, FlexOrder]:
+    """The home's answer to the prices, and an order for half its largest block in
+    `direction`: the block, the P-plan's W in its PTU, the order."""
     _, out = b.on_message("agr-1", prices(), 0.0)
     offer = out[1].message
     assert isinstance(offer, FlexOffer)
-    blk = max((x for x in offer.blocks if x.direction == "up"), key=lambda x: x.kw)
-    before = b.answered[offer.round].at(blk.ptu)
-    order = FlexOrder(round=offer.round, id="o-1", day=DAY, offer=offer.id, direction="up",
-                      profile_kw={blk.ptu: blk.kw * 0.5}, price=blk.price)  # fmt: skip
+    blk = max((x for x in offer.blocks if x.direction == direction), key=lambda x: x.kw)
+    order = FlexOrder(round=offer.round, id=f"o-{direction}", day=DAY, offer=offer.id,
+                      direction=direction, profile_kw={blk.ptu: blk.kw * 0.5},
+                      price=blk.price)  # fmt: skip
+    return blk, b.answered[offer.round].at(blk.ptu), order
+
+
+def test_an_order_it_can_keep_is_kept_and_one_it_cannot_is_refused() -> None:
+    b = brain()
+    blk, before, order = half_the_largest_block(b, "up")
     ack, out = b.on_message("agr-1", order, 2.0)
     assert ack.status == "ok", ack.detail
     (replan,) = (o.message for o in out)
@@ -119,13 +126,7 @@ def test_an_order_it_can_keep_is_kept_and_one_it_cannot_is_refused() -> None:
 
 def test_a_downward_order_raises_the_homes_load_in_its_ptus() -> None:
     b = brain()
-    _, out = b.on_message("agr-1", prices(), 0.0)
-    offer = out[1].message
-    assert isinstance(offer, FlexOffer)
-    blk = max((x for x in offer.blocks if x.direction == "down"), key=lambda x: x.kw)
-    before = b.answered[offer.round].at(blk.ptu)
-    order = FlexOrder(round=offer.round, id="o-d", day=DAY, offer=offer.id, direction="down",
-                      profile_kw={blk.ptu: blk.kw * 0.5}, price=blk.price)  # fmt: skip
+    blk, before, order = half_the_largest_block(b, "down")
     ack, out = b.on_message("agr-1", order, 2.0)
     assert ack.status == "ok", ack.detail
     (replan,) = (o.message for o in out)
