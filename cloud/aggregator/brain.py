@@ -46,6 +46,7 @@ import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from homeflex.agents.messages import (
     Ack,
@@ -81,6 +82,10 @@ class DayPrices:
     export_eur_kwh: list[float]
 
 
+# tier (price, divisible) → PTU → the homes' blocks in it: (home price, home, kW)
+Tiers = dict[tuple[float, bool], dict[int, list[tuple[float, str, float]]]]
+
+
 @dataclass
 class Flex:
     """A DSO request for one day and what became of it."""
@@ -88,8 +93,7 @@ class Flex:
     request: FlexRequest
     answers: Round  # the closed round the offer was built from
     offer: FlexOffer
-    # tier (price, divisible) → PTU → the homes' blocks in it: (home price, home, kW)
-    tiers: dict[tuple[float, bool], dict[int, list[tuple[float, str, float]]]]
+    tiers: Tiers
     tier_ids: dict[str, tuple[float, bool]] = field(init=False)  # the offer's, as orders name them
     orders: dict[str, dict[str, FlexOrder]] = field(default_factory=dict)  # DSO order → home
     sold: dict[str, FlexOrder] = field(default_factory=dict)  # the DSO's orders taken, by id
@@ -165,9 +169,15 @@ class AggregatorBrain(Reporting):
             if date.fromisoformat(summary["day"]) < recent:
                 continue
             records = self.store.records(summary["id"])
+            answers = self.store.load(summary["id"])
             for key, rec in sorted(records.items()):
-                if key.startswith("request:"):
-                    self._request(FlexRequest.model_validate(rec["request"]), rec["at"])
+                if key.startswith("request:") and answers is not None:
+                    req = FlexRequest.model_validate(rec["request"])
+                    if "tiers" not in rec:  # kept before offers were: not resumed
+                        log.error("%s: request %s kept without its offer: not resumed",
+                                  self.name, req.id)  # fmt: skip
+                        continue
+                    self._offer(req, answers, _tiers_from_json(rec["tiers"]))
             for key, rec in sorted(records.items()):
                 if key.startswith("dso-order:"):
                     order = FlexOrder.model_validate(rec["order"])
@@ -414,19 +424,31 @@ class AggregatorBrain(Reporting):
     # --- Validate: offer and orders ----------------------------------------------------------
 
     def _request(self, req: FlexRequest, now: float) -> tuple[Ack, list[Outgoing]]:
+        """Offer the homes' blocks that no order has taken yet (a later request of the day is
+        offered what is left), in the requested direction and PTUs, at or below the max price,
+        outside the gate."""
         if req.id in self.flex:
             return Ack(status="ok", detail="taken before"), []
         answers = self.store.load(req.round)
-        if answers is None:
-            return Ack(status="refused", detail=f"no round {req.round!r} here"), []
-        tiers: dict[tuple[float, bool], dict[int, list[tuple[float, str, float]]]] = {}
-        for home, offer in sorted(answers.offers.items()):
-            for b in offer.blocks:
-                wanted = b.ptu in req.profile_kw and b.direction == req.direction
-                if not wanted or b.price > req.max_price or locked(req.day, b.ptu, now):
-                    continue
-                tier = (_step_up(b.price, req.max_price), b.divisible)
-                tiers.setdefault(tier, {}).setdefault(b.ptu, []).append((b.price, home, b.kw))
+        committed = self.operate.commitment(req.round, req.day)
+        if answers is None or committed is None:
+            detail = f"no round {req.round!r} with a D-prognosis sent here"
+            return Ack(status="refused", detail=detail), []
+        tiers: Tiers = {}
+        for ptu in sorted(req.profile_kw):
+            if locked(req.day, ptu, now):
+                continue
+            for price, home, _, kw, divisible in committed.free_blocks(ptu, req.direction):
+                if price <= req.max_price:
+                    tier = (_step_up(price, req.max_price), divisible)
+                    tiers.setdefault(tier, {}).setdefault(ptu, []).append((price, home, kw))
+        flex = self._offer(req, answers, tiers)
+        record = {"request": req.model_dump(mode="json"), "at": now, "tiers": _tiers_json(tiers)}
+        self.store.save_record(req.round, f"request:{req.id}", record)  # for a restart
+        return Ack(status="ok"), [Outgoing(self.dso, flex.offer, key=f"offer:{req.id}")]
+
+    def _offer(self, req: FlexRequest, answers: Round, tiers: Tiers) -> Flex:
+        """The offer of `tiers` to the DSO, summed per tier and PTU, kept as the request's Flex."""
         blocks = [
             OfferBlock(
                 ptu=ptu,
@@ -442,9 +464,7 @@ class AggregatorBrain(Reporting):
             round=req.round, id=f"{self.name}.{req.id}", day=req.day, request=req.id, blocks=blocks
         )
         self.flex[req.id] = Flex(req, answers, offer, tiers)
-        record = {"request": req.model_dump(mode="json"), "at": now}
-        self.store.save_record(req.round, f"request:{req.id}", record)  # for a restart
-        return Ack(status="ok"), [Outgoing(self.dso, offer, key=f"offer:{req.id}")]
+        return self.flex[req.id]
 
     def _order(self, order: FlexOrder) -> tuple[Ack, list[Outgoing]]:
         flex = next((f for f in self.flex.values() if order.offer in f.tier_ids), None)
@@ -490,6 +510,19 @@ class AggregatorBrain(Reporting):
         self.store.save_record(order.round, f"dso-order:{order.id}", record)  # for a restart
         out = [Outgoing(h, o, key=f"order:{o.id}") for h, o in sorted(home_orders.items())]
         return Ack(status="ok"), out
+
+
+def _tiers_json(tiers: Tiers) -> list[Any]:
+    return [[price, divisible, ptu, [list(m) for m in members]]
+            for (price, divisible), by_ptu in sorted(tiers.items())
+            for ptu, members in sorted(by_ptu.items())]  # fmt: skip
+
+
+def _tiers_from_json(data: list[Any]) -> Tiers:
+    tiers: Tiers = {}
+    for price, divisible, ptu, members in data:
+        tiers.setdefault((price, divisible), {})[ptu] = [(p, h, kw) for p, h, kw in members]
+    return tiers
 
 
 def _step_up(price: float, cap: float) -> float:

@@ -213,6 +213,10 @@ class Operate:
         self.store.save_record(r.id, "prognosis", record)
         day.append(Commitment(r, _day_kw(prognosis), now))
 
+    def commitment(self, round_id: str, day: date) -> Commitment | None:
+        """The followed round `round_id` of `day` with what was committed and ordered on it."""
+        return self._find(round_id, day)
+
     def round(self, round_id: str, day: date) -> Round | None:
         """A followed round, to take its homes' revisions into; None for any other."""
         c = self._find(round_id, day)

@@ -116,6 +116,20 @@ class Check:
             out = got.apply(out)
         return out
 
+    def held(self, aggregator: str) -> DPrognosis:
+        """The aggregator's D-prognosis (or estimate) less what this check bought from it: its
+        load once its homes hold the orders."""
+        before = self.prognoses.get(aggregator) or self.estimated[aggregator]
+        net = list(before.net_kw)
+        for got in self.procurements.values():
+            sign = 1.0 if got.request.direction == mo.Direction.UP else -1.0
+            for o in got.orders():
+                if o.participant == aggregator:
+                    for t, kw in o.profile_kw.items():
+                        if 0 <= t - before.first_ptu < len(net):
+                            net[t - before.first_ptu] -= sign * kw
+        return before.model_copy(update={"net_kw": net})
+
     def request_for(self, request_id: str) -> mo.FlexRequest | None:
         return next((r for r in self.requests.values() if r.id == request_id), None)
 
@@ -304,7 +318,7 @@ class DsoBrain(Reporting):
         offers[sender] = offer
         self._save(check)
         if set(offers) == set(check.prognoses):
-            return Ack(status="ok"), self._buy(check, request)
+            return Ack(status="ok"), self._buy(check, request, now)
         return Ack(status="ok"), []
 
     def on_tick(self, now: float) -> list[Outgoing]:
@@ -324,18 +338,23 @@ class DsoBrain(Reporting):
             elif check.safe is None and now > check.answer_by:
                 for direction, request in check.requests.items():
                     if direction not in check.procurements:  # without those that did not answer
-                        out += self._buy(check, request)
+                        out += self._buy(check, request, now)
         return out
 
     def _last_prognosis(self, check: Check, aggregator: str) -> DPrognosis | None:
         """The aggregator's latest D-prognosis for the point before `check`: of the same day
-        in an earlier validation, else of an earlier day."""
+        in an earlier validation, less what was bought from it there (its homes hold that
+        now), else of an earlier day."""
         earlier = [
-            c.prognoses[aggregator]
+            c
             for c in self.checks[: self.checks.index(check)]
             if c.point == check.point and c.day <= check.day and aggregator in c.prognoses
         ]
-        return max(earlier, key=lambda x: x.day, default=None)
+        if not earlier:
+            return None
+        last = max(reversed(earlier), key=lambda c: c.day)  # the latest of the latest day
+        before = last.prognoses[aggregator]
+        return before if last.day != check.day else last.held(aggregator)
 
     # --- validate and buy ------------------------------------------------------------------
 
@@ -397,7 +416,7 @@ class DsoBrain(Reporting):
         ]
         return market.procure(request, offers, period_h=self.period_h)
 
-    def _buy(self, check: Check, request: mo.FlexRequest) -> list[Outgoing]:
+    def _buy(self, check: Check, request: mo.FlexRequest, now: float) -> list[Outgoing]:
         got = self._procure(check, request)
         check.procurements[request.direction] = got
         if set(check.procurements) == set(check.requests):
@@ -419,7 +438,23 @@ class DsoBrain(Reporting):
             out.append(Outgoing(order.participant, msg, key=f"order:{order.id}"))
             placed.append((order.participant, msg))
         self._keep_baselines(check, placed)
+        bought = any(p.orders() for p in check.procurements.values())
+        if check.safe is not None and check.point.feeder is not None and bought:
+            out += self._validate_again(check, now)
         return out
+
+    def _validate_again(self, check: Check, now: float) -> list[Outgoing]:
+        """After a purchase at a point with a feeder, the power flow of the D-prognoses less
+        what was bought (cloud/dso/feeder.py: a kW bought where it helps less leaves a
+        violation): a new validation of the day, which asks for what is still missing. It
+        repeats until the feeder is safe or a purchase buys nothing."""
+        again = Check(check.point, check.day, started=now, generation=check.generation + 1,
+                      prognoses={a: check.held(a) for a in check.prognoses},
+                      estimated={a: check.held(a) for a in check.estimated})  # fmt: skip
+        self.checks.append(again)
+        log.info("%s: %s on %s validated again after the purchase (generation %d)",
+                 self.name, check.point.name, check.day, again.generation)  # fmt: skip
+        return self._validate(again, now)
 
     def _keep_baselines(self, check: Check, orders: list[tuple[str, FlexOrder]]) -> None:
         """Each order's baseline: its aggregator's D-prognosis the purchase was made on, less

@@ -12,8 +12,8 @@ is `unrelieved` and logged. By bisection the DSO finds the smallest share of tha
 (each aggregator's, scaled by the same share) whose removal clears the PTU: the relief, in kW,
 is what it asks for. A share is found to within 1/2**RELIEF_STEPS, rounded up, so the relief
 asked is never too small. One kW at one load point does not weigh the same as one kW at
-another: when the purchase takes kW where they help less, the next validation (the homes plan
-again holding their orders) runs the power flow on the new D-prognoses and asks for what is
+another: when the purchase takes kW where they help less, the DSO validates again on the
+D-prognoses less what it bought (cloud/dso/brain.py `_validate_again`) and asks for what is
 still missing.
 """
 

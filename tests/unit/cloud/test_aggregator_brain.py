@@ -147,7 +147,7 @@ def test_plan_and_validate_meet_the_request_from_the_cheapest_homes(tmp_path: Pa
     first = next(m for m in n.to_dso if isinstance(m, FlexOffer))
     dso_orders = [
         o
-        for o in n.dso._buy(check2, check2.requests[Direction.UP])
+        for o in n.dso._buy(check2, check2.requests[Direction.UP], T0 + 200)
         if isinstance(o.message, FlexOrder)
     ]
     tiers = first.tiers()
@@ -254,3 +254,32 @@ def test_midday_back_flow_is_met_by_the_homes_that_take_more_cheapest(tmp_path: 
     check = n.dso.check("trafo-1", DAY)
     assert check is not None and check.safe is True
     assert min(check.after_kw()) == pytest.approx(-LIMIT_KW)
+
+
+def test_a_later_request_of_the_day_is_offered_only_what_no_order_took(tmp_path: Path) -> None:
+    n = Neighbourhood(RoundStore(tmp_path / "rounds.db"))
+    n.route(n.agg.open_round(DAY, T0), T0)
+    rid = n.agg.round_id(DAY)
+    for k, home in enumerate(HOMES):
+        n.agg.on_message(home, home_plan(k, rid), T0 + 1)
+        n.agg.on_message(home, home_offer(k, rid), T0 + 1)
+    n.route(n.agg.on_tick(T0 + 2), T0 + 2)  # 32 kW: the DSO orders homes 0-3's 0.5 kW
+    # homes 0-7 ask at most the DSO's 0.20 €/kWh
+    (first,) = [m for m in n.to_dso if isinstance(m, FlexOffer)]
+    assert sum(b.kw for b in first.blocks if b.ptu == 80) == pytest.approx(8 * 0.5)
+    sold = {o.to for o in n.to_homes if isinstance(o.message, FlexOrder)}
+    assert sold == set(HOMES[:4])
+    # the DSO asks again the same day (its power flow found more to do): homes 4-7 are left
+    again = FlexRequest(round=rid, id="trafo-1.2026-01-15.1", day=DAY, congestion_point="trafo-1",
+                        profile_kw={80: 1.0}, max_price=0.2, answer_by=T0 + 100)  # fmt: skip
+    ack, out = n.agg.on_message("dso-1", again, T0 + 10)
+    assert ack.status == "ok"
+    (offer,) = [o.message for o in out]
+    assert isinstance(offer, FlexOffer) and offer.request == again.id
+    assert {b.ptu for b in offer.blocks} == {80}
+    assert sum(b.kw for b in offer.blocks) == pytest.approx(4 * 0.5)
+    assert min(b.price for b in offer.blocks) == pytest.approx(0.13)  # home-4's, rounded up
+    # a restarted aggregator makes the same offer of it, and takes its orders
+    n.agg = AggregatorBrain("agr-1", frozenset(HOMES), "dso-1", "trafo-1", n.agg.store,
+                            flat_prices, answer_window_s=60)  # fmt: skip
+    assert n.agg.flex[again.id].offer == offer
