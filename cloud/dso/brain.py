@@ -6,7 +6,9 @@ goes both ways: load above the limit is asked away upward (less load; request id
 each direction its own request, offers and purchase; the check is decided when both are. A
 point with an LV feeder (`CongestionPoint.feeder`, cloud/dso/feeder.py) is also checked by a
 power flow of the aggregators' D-prognoses: in each PTU a request asks for the larger of the
-transformer's excess and the relief the feeder's buses and lines need.
+transformer's excess and the relief the feeder's buses and lines need; after each purchase
+there the DSO validates again on the D-prognoses less what it bought (`_validate_again`), until
+the feeder is safe or a purchase buys nothing.
 
 A D-prognosis that comes after a decided check starts a new validation of the point for that
 day (the aggregators planned again: their homes plan with the orders they hold, so flexibility
