@@ -163,6 +163,13 @@ class AgentConfig(Strict):
     )
 
 
+class WebConfig(Strict):
+    """The homeowner's web page on the box (edge/web), over HTTPS with the box's certificate."""
+
+    listen: str = Field("0.0.0.0", description="the address to listen on: the LAN by default")
+    port: int = Field(8443, ge=0, le=65535, description="0: any free port (tests)")
+
+
 class GatewayConfig(Strict):
     data_dir: Path = Field(
         description="where the gateway keeps its state (status, Zigbee database)"
@@ -205,6 +212,9 @@ class GatewayConfig(Strict):
     agent: AgentConfig | None = Field(
         None, description="take part in the aggregator's negotiations; absent: the home alone"
     )
+    web: WebConfig | None = Field(
+        None, description="serve the homeowner's web page; absent: no page"
+    )
 
     @property
     def security_log_path(self) -> Path:
@@ -235,6 +245,8 @@ class GatewayConfig(Strict):
             raise ValueError(
                 "`agent` needs the box's `credentials:` directory and a `home:` to plan"
             )
+        if self.web and self.credentials is None:
+            raise ValueError("`web` serves HTTPS with the box's certificate: add `credentials:`")
         if self.telemetry and self.credentials is None:
             raise ValueError("`telemetry` is set but there is no `credentials:` directory")
         if tls and self.credentials is None:

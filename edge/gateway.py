@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from homeflex.clock import Clock, ptu_start
 from homeflex.edge.config import GatewayConfig, ModbusDeviceConfig, ZigbeeDeviceConfig
 from homeflex.edge.control import Command, ControlLoop
-from homeflex.edge.devices.capabilities import Device, Reading
+from homeflex.edge.devices.capabilities import Device, Quantity, Reading
 from homeflex.edge.devices.modbus import ModbusDevice, ModbusLink
 from homeflex.edge.devices.modbus_tls import ClientContexts, ModbusTls
 from homeflex.edge.devices.templates import load_modbus_template
@@ -86,6 +86,7 @@ class Gateway:
         self.security: SecurityLog | None = None  # opened by start()
         self.uplink: Uplink | None = None  # started by run() when telemetry is configured
         self.agent: HomeAgent | None = None  # started by run() when `agent:` is configured
+        self.web_url: str | None = None  # set by run() once the web page listens
         # one context source for every TLS link: it follows the credentials on disk
         self._tls_contexts = ClientContexts(cfg.credentials) if cfg.credentials else None
 
@@ -245,6 +246,8 @@ class Gateway:
             status["telemetry"] = asdict(self.uplink.stats)
         if self.agent is not None:
             status["agent"] = self.agent.status()
+        if self.web_url is not None:
+            status["web"] = {"url": self.web_url}
         _write_atomic(self.cfg.data_dir / "status.json", json.dumps(status, indent=1))
 
     async def _credential_upkeep(self) -> None:
@@ -309,6 +312,55 @@ class Gateway:
             return
         await self.agent.run()
 
+    async def _web(self) -> None:
+        """The homeowner's web page (edge/web), when configured."""
+        web, creds = self.cfg.web, self.cfg.credentials
+        if web is None or creds is None or self.security is None:
+            return
+        from homeflex.edge.web.accounts import Accounts
+        from homeflex.edge.web.app import Box
+        from homeflex.edge.web.server import bind, serve, write_setup_code
+
+        accounts = Accounts(self.cfg.data_dir / "web.db", self.security)
+        try:
+            write_setup_code(accounts, self.cfg.data_dir)
+            sock = bind(web.listen, web.port)
+        except OSError as exc:  # the port in use: the home runs on without its page
+            log.error("%s", exc)
+            accounts.close()
+            return
+        host, port = sock.getsockname()[:2]
+        self.web_url = f"https://{host}:{port}/"
+        log.info("web page on %s", self.web_url)
+        try:
+            await serve(Box(self.cfg.gateway_id, self.live), accounts, self.security, sock,
+                        creds / "cert.pem", creds / "key.pem")  # fmt: skip
+        finally:
+            accounts.close()
+
+    def live(self) -> dict[str, Any]:
+        """Power now per flow, W (+ taken from the grid or used, - produced or given back),
+        from the latest readings the control loop holds: the grid (the meter), each planned
+        device by its kind, and the rest of the house (the meter less those)."""
+        flows: dict[str, float | None] = {"grid": None}
+        read_at = None
+        if self.control is not None and self.home is not None:
+            snap = self.control.snapshot()
+            meter = snap.get((self.home.cfg.meter, Quantity.POWER_W))
+            if meter is not None:
+                flows["grid"], read_at = meter.value, meter.ts
+            known = 0.0
+            for d in self.home.cfg.devices:
+                r = snap.get((d.id, Quantity.POWER_W))
+                if r is None:  # not read lately: left out, not guessed
+                    continue
+                name = d.id if d.kind == "appliance" else d.kind
+                flows[name] = (flows.get(name) or 0.0) + r.value
+                known += r.value
+            if meter is not None:
+                flows["house"] = meter.value - known
+        return {"flows": flows, "read_at": read_at}
+
     async def _retention(self) -> None:
         while True:
             await self.clock.sleep(RETENTION_EVERY_S)
@@ -333,6 +385,7 @@ class Gateway:
             asyncio.create_task(self._forward_events(), name="security-events"),
             asyncio.create_task(self._uplink(), name="uplink"),
             asyncio.create_task(self._home_agent(), name="home-agent"),
+            asyncio.create_task(self._web(), name="web"),
         ]
         if self.control is not None and self.home is not None:
             run = self.control.run(self._control_poll, self._control_send, self.home.cfg.cycle_s)

@@ -29,7 +29,8 @@ LEAF_DAYS = 30  # short: a lost key is useful for weeks at most even if nobody r
 CRL_VALID = timedelta(days=2)  # a published list is good for this long; it is refreshed hourly
 BACKDATE = timedelta(minutes=5)  # tolerate clocks a little behind ours
 
-SERVER_ROLES = {Role.SERVICE, Role.DEVICE}
+# may also serve TLS: services, field devices, and the box (its web page on the LAN)
+SERVER_ROLES = {Role.SERVICE, Role.DEVICE, Role.HOME}
 
 
 class CaError(Exception):

@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from homeflex.clock import ScaledClock
@@ -23,7 +26,10 @@ from homeflex.edge.gateway import Gateway
 from homeflex.edge.home import send
 from homeflex.edge.planner.inputs import PlanInputs
 from homeflex.edge.planner.planner import Plan, solve
+from homeflex.pki.identity import Identity
+from homeflex.pki.identity import Role as PkiRole
 from tests.integration.simhome import SimHome, run_sim
+from tests.pki_fixtures import CredsFactory, creds, fleet_ca  # noqa: F401
 
 START = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)  # night: the battery's moves are the prices'
 T0 = START.timestamp()
@@ -64,7 +70,9 @@ PRICES = {
 }
 
 
-def gateway_config(sim: SimHome, tmp_path: Path, planned: bool) -> GatewayConfig:
+def gateway_config(
+    sim: SimHome, tmp_path: Path, planned: bool, credentials: Path | None = None
+) -> GatewayConfig:
     devices = [
         {
             "protocol": "modbus",
@@ -109,18 +117,24 @@ def gateway_config(sim: SimHome, tmp_path: Path, planned: bool) -> GatewayConfig
             "store": {"path": str(tmp_path / "store.db")},
             "devices": devices,
             "home": home if planned else None,
+            "credentials": str(credentials) if credentials else None,
+            "web": {"listen": "127.0.0.1", "port": 0} if credentials else None,
         }
     )
 
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path, planner: Callable[[PlanInputs], Plan] = solve, planned: bool = True
+    tmp_path: Path,
+    planner: Callable[[PlanInputs], Plan] = solve,
+    planned: bool = True,
+    credentials: Path | None = None,
 ) -> AsyncIterator[tuple[SimHome, Gateway]]:
     with run_sim(HOME, tmp_path, speed=SPEED, start=START) as sim:
         c = sim.endpoints["clock"]
         clock = ScaledClock(start=c["start"], speed=c["speed"], anchor=c["anchor"])
-        gw = Gateway(gateway_config(sim, tmp_path, planned), clock, planner=planner)
+        cfg = gateway_config(sim, tmp_path, planned, credentials)
+        gw = Gateway(cfg, clock, planner=planner)
         stop = asyncio.Event()
         task = asyncio.create_task(gw.run(stop))
         for _ in range(500):  # until it has started: its drivers exist
@@ -229,3 +243,41 @@ async def test_send_reports_refused_commands_and_sends_the_rest(
     assert "command meter setpoint_w=1000 failed: meter: template meter-3ph has no setpoint" in text
     assert "command ghost setpoint_w=1000 failed: ghost: no such device in the gateway" in text
     assert "failed: pv: setpoint power_limit_pct: 140 % is outside 0..100" in text
+
+
+async def test_the_gateway_serves_its_page_with_the_homes_power_now(
+    tmp_path: Path,
+    creds: CredsFactory,  # noqa: F811
+) -> None:
+    box = creds(Identity("planned-box", PkiRole.HOME))
+    async with running(tmp_path, credentials=box.dir) as (_, gw):
+        for _ in range(400):  # until the page listens and the meter and battery were read
+            live = gw.live()["flows"]
+            if gw.web_url and live["grid"] is not None and "battery" in live:
+                break
+            await asyncio.sleep(0.05)
+        assert gw.web_url is not None
+        code = (tmp_path / "gw" / "setup-code.txt").read_text().strip()
+        ctx = ssl.create_default_context(cafile=str(box.ca_path))
+        ctx.check_hostname = False  # the box is reached by address; the chain is checked
+        async with httpx.AsyncClient(base_url=gw.web_url, verify=ctx) as c:
+            form = await c.get("/claim")
+            pre = re.search(r'name="pre" value="([^"]+)"', form.text)
+            assert pre is not None
+            data = {"code": code, "user": "anna", "password": "lentils-and-rice-42",
+                    "again": "lentils-and-rice-42", "pre": pre.group(1)}  # fmt: skip
+            assert (await c.post("/claim", data=data)).status_code == 303
+            before = gw.live()
+            now = (await c.get("/api/now")).json()
+            after = gw.live()
+            assert gw.control is not None
+            meter = gw.control.snapshot()[("meter", Quantity.POWER_W)]
+    status = json.loads((tmp_path / "gw" / "status.json").read_text())  # as it stopped
+    # what the page shows is what the control loop last read (a poll may land in between);
+    # the grid is the meter (no await between `after` and the snapshot: the same instant)
+    assert now in (before, after)
+    assert (after["flows"]["grid"], after["read_at"]) == (meter.value, meter.ts)
+    flows = now["flows"]
+    # the rest of the house: the meter less the battery
+    assert flows["house"] == pytest.approx(flows["grid"] - flows["battery"])
+    assert status["web"]["url"] == gw.web_url
