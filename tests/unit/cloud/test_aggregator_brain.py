@@ -54,6 +54,18 @@ def flat_prices(day: date) -> DayPrices:
     return DayPrices([0.30] * 96, [0.05] * 96)
 
 
+def every_home_answers(n: Neighbourhood) -> str:
+    """The day's round opened and answered by all ten homes (32 kW in the peak): the DSO
+    orders 2 kW of the cheapest. The round's id."""
+    n.route(n.agg.open_round(DAY, T0), T0)
+    rid = n.agg.round_id(DAY)
+    for k, home in enumerate(HOMES):
+        n.agg.on_message(home, home_plan(k, rid), T0 + 1)
+        n.agg.on_message(home, home_offer(k, rid), T0 + 1)
+    n.route(n.agg.on_tick(T0 + 2), T0 + 2)
+    return rid
+
+
 class Neighbourhood:
     def __init__(self, store: RoundStore) -> None:
         self.agg = AggregatorBrain("agr-1", frozenset(HOMES), "dso-1", "trafo-1", store,
@@ -181,12 +193,7 @@ def test_a_restarted_aggregator_resumes_its_open_round(tmp_path: Path) -> None:
 
 def test_the_day_is_settled_against_the_plans_before_the_orders(tmp_path: Path) -> None:
     n = Neighbourhood(RoundStore(tmp_path / "rounds.db"))
-    n.route(n.agg.open_round(DAY, T0), T0)
-    rid = n.agg.round_id(DAY)
-    for k, home in enumerate(HOMES):
-        n.agg.on_message(home, home_plan(k, rid), T0 + 1)
-        n.agg.on_message(home, home_offer(k, rid), T0 + 1)
-    n.route(n.agg.on_tick(T0 + 2), T0 + 2)
+    every_home_answers(n)
     orders = {o.to: o.message for o in n.to_homes if isinstance(o.message, FlexOrder)}
     assert sorted(orders) == HOMES[:4]  # 0.5 kW each in every peak PTU, as above
     ledger = Ledger(tmp_path / "ledger.db")
@@ -258,12 +265,7 @@ def test_midday_back_flow_is_met_by_the_homes_that_take_more_cheapest(tmp_path: 
 
 def test_a_later_request_of_the_day_is_offered_only_what_no_order_took(tmp_path: Path) -> None:
     n = Neighbourhood(RoundStore(tmp_path / "rounds.db"))
-    n.route(n.agg.open_round(DAY, T0), T0)
-    rid = n.agg.round_id(DAY)
-    for k, home in enumerate(HOMES):
-        n.agg.on_message(home, home_plan(k, rid), T0 + 1)
-        n.agg.on_message(home, home_offer(k, rid), T0 + 1)
-    n.route(n.agg.on_tick(T0 + 2), T0 + 2)  # 32 kW: the DSO orders homes 0-3's 0.5 kW
+    rid = every_home_answers(n)  # 32 kW: the DSO orders homes 0-3's 0.5 kW
     # homes 0-7 ask at most the DSO's 0.20 €/kWh
     (first,) = [m for m in n.to_dso if isinstance(m, FlexOffer)]
     assert sum(b.kw for b in first.blocks if b.ptu == 80) == pytest.approx(8 * 0.5)
