@@ -19,16 +19,18 @@ must carry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -48,6 +50,8 @@ NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-")
 # the passwords tried first; a longer list would live in a file
 COMMON = {"password123", "1234567890", "0123456789", "qwertyuiop", "homeflex123", "letmein123",
           "passwordpassword", "administrator", "1111111111", "abcdefghij"}  # fmt: skip
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS setup (
@@ -98,6 +102,17 @@ class Session:
     source: str
 
 
+def _locked(method: Callable[..., T]) -> Callable[..., T]:
+    """One call at a time: the web server runs its routes on a pool of threads."""
+
+    @functools.wraps(method)
+    def run(self: Accounts, *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class Accounts:
     def __init__(
         self,
@@ -112,6 +127,7 @@ class Accounts:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA foreign_keys = ON")
         self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
         path.chmod(0o600)
         self.security = security
         self.clock = clock
@@ -122,11 +138,13 @@ class Accounts:
 
     # --- first boot ----------------------------------------------------------------------------
 
+    @_locked
     def needs_claim(self) -> bool:
         """No owner yet: the page offers only the claim."""
         row = self._db.execute("SELECT 1 FROM users WHERE role = ?", (Role.OWNER,)).fetchone()
         return row is None
 
+    @_locked
     def new_setup_code(self) -> str | None:
         """The setup code, made once while the box is unclaimed; None when it exists already
         (it is shown once: the caller prints it on the installer's report) or the box is
@@ -139,6 +157,7 @@ class Accounts:
         )
         return "-".join(code[i : i + 4] for i in range(0, CODE_LENGTH, 4))
 
+    @_locked
     def claim(self, code: str, user: str, password: str, source: str) -> tuple[Session, str]:
         """The owner's account, for whoever shows the setup code; a session for them, and its
         token for the cookie."""
@@ -161,6 +180,7 @@ class Accounts:
 
     # --- accounts ------------------------------------------------------------------------------
 
+    @_locked
     def add_user(self, by: Session, user: str, password: str, role: Role) -> None:
         if by.role != Role.OWNER:
             self._refuse("web-forbidden", by.source, f"{by.user} may not add accounts")
@@ -171,12 +191,14 @@ class Accounts:
                          (user, role, self.hasher.hash(password), self.clock()))  # fmt: skip
         self.security.record("web-account", by.source, f"{by.user} added {role} {user!r}")
 
+    @_locked
     def users(self) -> list[tuple[str, Role]]:
         rows = self._db.execute("SELECT name, role FROM users ORDER BY name")
         return [(name, Role(role)) for name, role in rows]
 
     # --- login and sessions --------------------------------------------------------------------
 
+    @_locked
     def login(self, user: str, password: str, source: str) -> tuple[Session, str]:
         """A session, and its token for the cookie."""
         self._check_locks(f"user:{user}", source)
@@ -194,6 +216,7 @@ class Accounts:
         self._clear(f"user:{user}", source)
         return self._open(user, Role(role), source)
 
+    @_locked
     def session(self, token: str) -> Session | None:
         """The live session of a cookie's token (its last use now), or None."""
         sid = _sid(token)
@@ -212,9 +235,11 @@ class Accounts:
         self._db.execute("UPDATE sessions SET seen = ? WHERE id = ?", (now, sid))
         return Session(sid, user, Role(role), csrf, created, now, source)
 
+    @_locked
     def logout(self, session: Session) -> None:
         self._db.execute("DELETE FROM sessions WHERE id = ?", (session.id,))
 
+    @_locked
     def sessions(self) -> list[Session]:
         """The sessions still alive, newest use first (the security page)."""
         now = self.clock()

@@ -93,7 +93,7 @@ class Guard:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                break  # the client went away
+                return  # the client went away: nobody to answer
             body += message.get("body", b"")
             if len(body) > MAX_BODY:
                 self.security.record("web-oversized", peer[0], f"over {MAX_BODY} bytes: {raw!r}")
