@@ -169,7 +169,8 @@ class AggregatorBrain(Reporting):
             if date.fromisoformat(summary["day"]) < recent:
                 continue
             records = self.store.records(summary["id"])
-            answers = self.store.load(summary["id"])
+            requests = any(k.startswith("request:") for k in records)
+            answers = self.store.load(summary["id"]) if requests else None  # a round's answers
             for key, rec in sorted(records.items()):
                 if key.startswith("request:") and answers is not None:
                     req = FlexRequest.model_validate(rec["request"])
