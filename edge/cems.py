@@ -25,6 +25,10 @@ by more than `revise_w`. The aggregator decides what it still trades for (gate c
 
 With a `state` file the answers, orders and settlements survive a restart of the gateway: an
 order accepted before is still honoured after it.
+
+The owner decides (edge/preferences.py, `neighbourhood`): on a day the home does not take part
+it sends its P-plan with an offer of nothing and refuses orders; without consent to share the
+plan it sends nothing at all.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from homeflex.edge.planner.flexibility import envelope
 from homeflex.edge.planner.inputs import FlexOrder as PlannedOrder
 from homeflex.edge.planner.inputs import PlanInputs
 from homeflex.edge.planner.planner import NoPlan, solve
+from homeflex.edge.preferences import Neighbourhood
 
 log = logging.getLogger(__name__)
 PTU = timedelta(minutes=15)
@@ -114,6 +119,7 @@ class HomeBrain(Reporting):
     revise_w: float = 500.0
     on_order: Callable[[list[PlannedOrder]], None] | None = None
     state: Path | None = None
+    choices: Callable[[], Neighbourhood] = Neighbourhood  # the owner's, read at each message
     orders: dict[str, list[PlannedOrder]] = field(default_factory=dict)  # order id → per PTU
     accepted: dict[str, FlexOrder] = field(default_factory=dict)  # order id → as received
     answered: dict[str, Answered] = field(default_factory=dict)  # round id →
@@ -160,6 +166,11 @@ class HomeBrain(Reporting):
             return Ack(status="ok", detail="answered before"), []
         if now > prices.answer_by:
             return Ack(status="refused", detail=f"round {prices.round} closed before it came"), []
+        choices = self.choices()
+        declined = choices.takes_part(prices.day)
+        if not choices.share_plan:
+            log.info("%s: %s not answered: %s", self.name, prices.round, declined)
+            return Ack(status="ok", detail=f"not answered: {declined}"), []
         inputs = self.make_inputs(prices, self.binding())
         k0 = round((inputs.start.timestamp() - day_start(prices.day)) / PTU_S)  # plan index 0
         first = max(prices.first_ptu, k0)
@@ -169,7 +180,7 @@ class HomeBrain(Reporting):
                 f"the home's plan (PTUs {k0}..{k0 + inputs.ptus - 1} of {prices.day}) does not "
                 f"cover the priced PTUs {first}..{end - 1}"
             )
-        trade = [p - k0 for p in self.offer_ptus if first <= p < end]
+        trade = [] if declined else [p - k0 for p in self.offer_ptus if first <= p < end]
         plan, points = envelope(inputs, trade)
         self.answered[prices.round] = Answered(prices, first, plan.net_w[first - k0 : end - k0])
         log.info(
@@ -218,6 +229,9 @@ class HomeBrain(Reporting):
         a = self.answered.get(order.round)
         if a is None:
             return Ack(status="refused", detail=f"no plan for round {order.round!r} here"), []
+        declined = self.choices().takes_part(order.day)
+        if declined is not None:
+            return Ack(status="refused", detail=declined), []
         outside = [p for p in order.profile_kw if not 0 <= p - a.first_ptu < len(a.net_w)]
         if outside:
             return Ack(status="refused", detail=f"PTUs {outside} are not in the P-plan"), []

@@ -232,8 +232,10 @@ class ControlLoop:
         # just because the next poll is not due yet)
         self._device_max_age = dict(device_max_age_s or {})
         self._latest: dict[tuple[str, Quantity], Reading] = {}
-        self._solving: tuple[Future[Plan], PlanInputs] | None = None
+        self._solving: tuple[Future[Plan], PlanInputs, int] | None = None  # … its number
+        self.solves = 0  # solves started so far
         self.plan: tuple[Plan, PlanInputs] | None = None  # the planner's latest
+        self.plan_solve = 0  # … from the solve of this number (0: none yet)
         self.current: tuple[Plan, PlanInputs] | None = None  # followed in the last cycle
         self._fallback: tuple[Plan, PlanInputs] | None = None
         self._fallback_ptu = 0.0
@@ -278,7 +280,8 @@ class ControlLoop:
             self._failed(f"cannot build the planner's inputs: {exc}")
             self._wanted = reason
             return False
-        self._solving = (self._executor.submit(self._planner, inputs), inputs)
+        self.solves += 1
+        self._solving = (self._executor.submit(self._planner, inputs), inputs, self.solves)
         self._wanted = None
         self.replans.append((now, reason))
         log.info("planning from %s: %s", ptu_start(now), reason)
@@ -394,10 +397,11 @@ class ControlLoop:
         """Take a finished solve's plan, or note why there is none and keep the last one."""
         if self._solving is None or not self._solving[0].done():
             return
-        future, inputs = self._solving
+        future, inputs, number = self._solving
         self._solving = None
         try:
             self.plan = (future.result(), inputs)
+            self.plan_solve = number
             self.last_error = ""
         except Exception as exc:  # NoPlan, or a bug in a builder: the loop runs on regardless
             self._failed(f"planner failed: {exc}")

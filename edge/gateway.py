@@ -27,11 +27,12 @@ from homeflex.edge.devices.capabilities import Device, Quantity, Reading
 from homeflex.edge.devices.modbus import ModbusDevice, ModbusLink
 from homeflex.edge.devices.modbus_tls import ClientContexts, ModbusTls
 from homeflex.edge.devices.templates import load_modbus_template
-from homeflex.edge.home import Home, send
+from homeflex.edge.home import Home, HomeConfig, send
 from homeflex.edge.planner.inputs import PlanInputs
 from homeflex.edge.planner.kpi import report
 from homeflex.edge.planner.planner import Plan, plan_to_json, solve
 from homeflex.edge.poller import Poller
+from homeflex.edge.preferences import PreferenceError, PreferenceFile, Preferences, apply
 from homeflex.edge.store import Store
 from homeflex.edge.uplink import Uplink
 from homeflex.security import SecurityLog
@@ -52,6 +53,7 @@ RETENTION_CHUNK = 20_000
 # While the store cannot be written (disk full, SD card failing) readings wait in memory up to this
 # many; then the oldest go. Counters are cumulative, so the energy they carried is not lost.
 PENDING_MAX = 200_000
+ADDED_DEVICES = "devices-added.json"  # Modbus devices the owner added on the web page
 
 
 class ZigbeeRadio(Protocol):
@@ -77,7 +79,10 @@ class Gateway:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.store: Store | None = None
         self.written = 0
-        self.home = Home(cfg.home) if cfg.home is not None else None
+        # the owner's choices (edge/preferences.py) over gateway.yaml's values
+        self.preference_file = PreferenceFile(cfg.data_dir)
+        self.preferences = self.preference_file.load()
+        self.home = Home(self._home_config(self.preferences)) if cfg.home is not None else None
         self.control: ControlLoop | None = None
         self._planner = planner
         self._for_control: list[Reading] = []
@@ -87,8 +92,32 @@ class Gateway:
         self.uplink: Uplink | None = None  # started by run() when telemetry is configured
         self.agent: HomeAgent | None = None  # started by run() when `agent:` is configured
         self.web_url: str | None = None  # set by run() once the web page listens
+        self._tasks: list[asyncio.Task[Any]] = []  # run()'s, stopped when it ends
         # one context source for every TLS link: it follows the credentials on disk
         self._tls_contexts = ClientContexts(cfg.credentials) if cfg.credentials else None
+
+    def _home_config(self, prefs: Preferences) -> HomeConfig:
+        assert self.cfg.home is not None
+        try:
+            return apply(self.cfg.home, prefs)
+        except PreferenceError as exc:  # gateway.yaml changed under them: the installer's hold
+            self.preference_file.error = f"{exc}; the installer's settings are used"
+            log.error("preferences: %s", self.preference_file.error)
+            return self.cfg.home
+
+    def set_preferences(self, prefs: Preferences, why: str) -> int:
+        """Keep the owner's new choices and plan again with them; PreferenceError (nothing
+        changed) when the planner cannot take them. Returns the number of the last solve
+        started before the change: a plan from a later one has them (ControlLoop.plan_solve)."""
+        home_cfg = apply(self.cfg.home, prefs) if self.cfg.home is not None else None
+        self.preference_file.save(prefs)
+        self.preferences = prefs
+        if home_cfg is None or self.home is None or self.control is None:
+            return 0
+        self.home.cfg = home_cfg
+        before = self.control.solves
+        self.control.replan(why)
+        return before
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
@@ -105,7 +134,7 @@ class Gateway:
             )
 
             self.zigbee = ZigbeeGateway(self.cfg.zigbee, self.cfg.data_dir, self.clock)
-        for dev_cfg in self.cfg.devices:
+        for dev_cfg in [*self.cfg.devices, *self._added()]:
             device = self._build(dev_cfg)
             self.pollers.append(Poller(device, dev_cfg.poll_s, self.clock, self._accept))
         if self.home is not None:
@@ -146,6 +175,39 @@ class Gateway:
             return ModbusDevice(dev_cfg, template, link, self.clock)
         assert self.zigbee is not None  # the config validator demands a radio for zigbee devices
         return self.zigbee.device(dev_cfg)
+
+    def _added(self) -> list[ModbusDeviceConfig]:
+        """The Modbus devices the owner added on the web page (`devices-added.json`); one that
+        does not fit (an id taken by gateway.yaml since) is reported and left out."""
+        path = self.cfg.data_dir / ADDED_DEVICES
+        try:
+            rows = json.loads(path.read_text()) if path.exists() else []
+            added = [ModbusDeviceConfig.model_validate(row) for row in rows]
+        except (OSError, ValueError) as exc:
+            log.error("%s: cannot be used (%s); the devices added on the web page are not read",
+                      path, exc)  # fmt: skip
+            return []
+        taken = {d.id for d in self.cfg.devices}
+        for d in added:
+            if d.id in taken:
+                log.error("%s: device id %r is also in the configuration; left out", path, d.id)
+        return [d for d in added if d.id not in taken]
+
+    def add_modbus(self, dev_cfg: ModbusDeviceConfig) -> None:
+        """A device added on the web page (its connection tested there): kept in
+        `devices-added.json` and polled from now on. ValueError when its id is taken."""
+        if any(p.device.id == dev_cfg.id for p in self.pollers):
+            raise ValueError(f"there is already a device called {dev_cfg.id!r}")
+        path = self.cfg.data_dir / ADDED_DEVICES
+        rows = [d.model_dump(mode="json") for d in self._added()] + [
+            dev_cfg.model_dump(mode="json")
+        ]
+        _write_atomic(path, json.dumps(rows, indent=1))
+        poller = Poller(self._build(dev_cfg), dev_cfg.poll_s, self.clock, self._accept)
+        self.pollers.append(poller)
+        self._tasks.append(asyncio.create_task(poller.run(), name=f"poll-{dev_cfg.id}"))
+        log.info("device %s added (%s at %s:%d)", dev_cfg.id, dev_cfg.template, dev_cfg.host,
+                 dev_cfg.port)  # fmt: skip
 
     def _accept(self, readings: list[Reading]) -> None:
         self._pending.extend(readings)
@@ -285,7 +347,16 @@ class Gateway:
         if tel is None or creds is None or self.store is None:
             return
         poll_s = {d.id: d.poll_s for d in self.cfg.devices}
-        self.uplink = Uplink(tel, creds, self.store, self._db, self.clock, poll_s, self.security)
+        self.uplink = Uplink(
+            tel,
+            creds,
+            self.store,
+            self._db,
+            self.clock,
+            poll_s,
+            self.security,
+            consent=lambda: self.preferences.neighbourhood.share_telemetry,
+        )
         await self.uplink.run()
 
     async def _home_agent(self) -> None:
@@ -306,6 +377,7 @@ class Gateway:
                 self.control,
                 self.clock,
                 self.security,
+                lambda: self.preferences.neighbourhood,
             )
         except (OSError, ValueError) as exc:  # a missing certificate or password file
             log.error("agent: cannot start (%s); the home runs on its own plans", exc)
@@ -318,7 +390,7 @@ class Gateway:
         if web is None or creds is None or self.security is None:
             return
         from homeflex.edge.web.accounts import Accounts
-        from homeflex.edge.web.app import Box
+        from homeflex.edge.web.box import GatewayBox
         from homeflex.edge.web.server import bind, serve, write_setup_code
 
         accounts = Accounts(self.cfg.data_dir / "web.db", self.security)
@@ -333,8 +405,9 @@ class Gateway:
         self.web_url = f"https://{host}:{port}/"
         log.info("web page on %s", self.web_url)
         try:
-            await serve(Box(self.cfg.gateway_id, self.live), accounts, self.security, sock,
-                        creds / "cert.pem", creds / "key.pem")  # fmt: skip
+            # mypy checks this file as edge.gateway, the box expects homeflex.edge.gateway
+            box = GatewayBox(self)  # type: ignore[arg-type]
+            await serve(box, accounts, self.security, sock, creds / "cert.pem", creds / "key.pem")
         finally:
             accounts.close()
 
@@ -376,7 +449,8 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
-        tasks = [asyncio.create_task(p.run(), name=f"poll-{p.device.id}") for p in self.pollers]
+        tasks = self._tasks
+        tasks += [asyncio.create_task(p.run(), name=f"poll-{p.device.id}") for p in self.pollers]
         tasks += [
             asyncio.create_task(self._writer(), name="writer"),
             asyncio.create_task(self._status_writer(), name="status"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from homeflex.edge.config import AgentConfig
 from homeflex.edge.control import ControlLoop
 from homeflex.edge.home import Home
 from homeflex.edge.planner.inputs import FlexOrder, PlanInputs
+from homeflex.edge.preferences import Neighbourhood
 from homeflex.pki.bundle import Credentials
 from homeflex.security import SecurityLog
 
@@ -70,6 +72,7 @@ class HomeAgent:
         control: ControlLoop,
         clock: Clock,
         security: SecurityLog,
+        choices: Callable[[], Neighbourhood] = Neighbourhood,
     ) -> None:
         self.cfg = cfg
         self.home = home
@@ -94,6 +97,7 @@ class HomeAgent:
             margin_eur_kwh=cfg.margin_eur_kwh,
             on_order=self._take_orders,
             state=data_dir / "agent.json",
+            choices=choices,
         )
         self.node = Node(self.messenger, Deliveries(data_dir / "agent-deliveries.db"), self.brain)
         self.connected = False

@@ -10,6 +10,9 @@ the ingest takes (box, seq) once, so a repeat only costs bandwidth.
 
 The store work runs on the gateway's store thread, MQTT on paho's thread and a worker thread:
 the event loop (and the control loop on it) only schedules.
+
+Without the owner's consent (`consent()` false, edge/preferences.py) nothing is sent: the
+uplink disconnects and empties the outbox, so what was recorded meanwhile never leaves.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class UplinkStats:
     last_error: str | None = None
     outbox: int = 0
     connected: bool = False
+    withheld: bool = False  # the owner does not consent to telemetry
 
 
 class Uplink:
@@ -72,8 +76,10 @@ class Uplink:
         clock: Clock,
         poll_s: dict[str, float],
         security: SecurityLog | None = None,
+        consent: Callable[[], bool] = lambda: True,
     ) -> None:
         self.cfg = cfg
+        self.consent = consent
         self.credentials = credentials
         self.store = store
         self._db = db
@@ -91,6 +97,13 @@ class Uplink:
         One warning per outage; never an exception out of here."""
         backoff = 1.0
         while True:
+            self.stats.withheld = not self.consent()
+            if self.stats.withheld:
+                self.stats.outbox = 0
+                if await self._db(self.store.outbox_clear):
+                    log.info("telemetry: withheld by the owner; the outbox was emptied")
+                await asyncio.sleep(self.cfg.every_s)
+                continue
             link: MqttLink | None = None
             try:
                 link = await asyncio.to_thread(self._connect, asyncio.get_running_loop())
@@ -136,7 +149,7 @@ class Uplink:
         # what is in flight from an earlier session may never be acknowledged: send it again
         self._in_flight.clear()
         self._head = await self._db(self.store.outbox_last_seq)
-        while True:
+        while self.consent():
             if not link.connected:
                 raise MqttError(f"{link.where}: connection lost")
             await self._take_acks()

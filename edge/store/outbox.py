@@ -70,6 +70,11 @@ def delete(db: Database, seqs: Iterable[int]) -> int:
     return db.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]).rowcount
 
 
+def clear(db: Database) -> int:
+    """Remove every row (the owner withdrew consent: what waited is not to leave)."""
+    return db.conn.execute("DELETE FROM outbox").rowcount
+
+
 def last_seq(db: Database) -> int:
     """The highest sequence number given so far (0 before the first)."""
     row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()

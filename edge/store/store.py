@@ -187,6 +187,10 @@ class Store:
         with self._transaction():
             return _outbox.delete(self._db, seqs)
 
+    def outbox_clear(self) -> int:
+        with self._transaction():
+            return _outbox.clear(self._db)
+
     def outbox_last_seq(self) -> int:
         return _outbox.last_seq(self._db)
 

@@ -20,19 +20,28 @@ SameSite=Strict; every answer says `Content-Security-Policy: default-src 'self'`
 import re
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import asdict
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
 
-from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 
+from homeflex.edge.config import ModbusDeviceConfig
+from homeflex.edge.devices.capabilities import DeviceError
+from homeflex.edge.preferences import Neighbourhood, PreferenceError, Preferences, choice_of
+from homeflex.edge.web import forms
 from homeflex.edge.web.accounts import Accounts, Refused, Role, Session, same
+from homeflex.edge.web.box import Box
+from homeflex.edge.web.history import DEFAULT_COUNT, MAX_COUNT, Period, bar_chart_svg, to_csv
+from homeflex.edge.web.plan_view import gantt_svg, local, span_text
 from homeflex.security import SecurityLog
 
 MAX_BODY = 64 * 1024  # bytes: every form and API call of the page is far smaller
@@ -51,14 +60,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-@dataclass
-class Box:
-    """What the page shows of its gateway."""
-
-    gateway_id: str
-    live: Callable[[], dict[str, Any]]  # power now, W per flow (gateway.Gateway.live)
 
 
 def source(request: Request) -> str:
@@ -126,6 +127,9 @@ def create_app(box: Box, accounts: Accounts, security: SecurityLog) -> Asgi:
     app = FastAPI(title="Homeflex box", openapi_url="/api/openapi.json", docs_url=None,
                   redoc_url=None)  # fmt: skip
     templates = Jinja2Templates(directory=str(resources.files("homeflex.edge.web") / "templates"))
+    templates.env.filters["local"] = lambda ts, fmt="%a %d %b %H:%M": (
+        "—" if ts is None else f"{local(ts, box.utc_offset_h):{fmt}}"
+    )
     static = Path(str(resources.files("homeflex.edge.web") / "static"))
     app.mount("/static", StaticFiles(directory=static), name="static")
 
@@ -268,6 +272,223 @@ def create_app(box: Box, accounts: Accounts, security: SecurityLog) -> Asgi:
         events = security.events()[-50:][::-1]
         return page(request, "security.html", session=s, events=events,
                     sessions=accounts.sessions())  # fmt: skip
+
+    # --- plan ----------------------------------------------------------------------------------
+
+    @app.get("/plan", response_class=HTMLResponse, include_in_schema=False)
+    def plan_page(
+        request: Request, s: Annotated[Session, Depends(needs())], changed: str = ""
+    ) -> Response:
+        pv = box.plan()
+        chart = gantt_svg(pv, box.utc_offset_h) if pv is not None else ""
+        rows = [(r, span_text(pv, r, box.utc_offset_h)) for r in pv.runs] if pv else []
+        return page(request, "plan.html", session=s, plan=pv, chart=chart, rows=rows,
+                    problem=box.plan_problem(), changed=changed)  # fmt: skip
+
+    @app.get("/api/plan")
+    def api_plan(s: Annotated[Session, Depends(needs(api=True))]) -> dict[str, Any]:
+        """The plan in force: each device's runs with the reason for each, and its expected
+        cost against the baseline (€, over the plan's horizon)."""
+        pv = box.plan()
+        if pv is None:
+            return {"plan": None, "problem": box.plan_problem()}
+        return {"plan": {**asdict(pv), "saving_eur": pv.saving_eur}, "problem": box.plan_problem()}
+
+    # --- history -------------------------------------------------------------------------------
+
+    @app.get("/history", response_class=HTMLResponse, include_in_schema=False)
+    async def history_page(
+        request: Request, s: Annotated[Session, Depends(needs())], period: Period = "day"
+    ) -> Response:
+        buckets = await box.history(period, DEFAULT_COUNT[period])
+        return page(request, "history.html", session=s, period=period, buckets=buckets,
+                    chart=bar_chart_svg(buckets))  # fmt: skip
+
+    @app.get("/history.csv", include_in_schema=False)
+    async def history_csv(
+        s: Annotated[Session, Depends(needs())],
+        period: Period = "day",
+        count: Annotated[int, Query(ge=1, le=MAX_COUNT)] = 400,
+    ) -> Response:
+        buckets = await box.history(period, count)
+        name = f"{box.gateway_id}-{period}.csv"
+        return Response(
+            to_csv(buckets, period),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    @app.get("/api/history")
+    async def api_history(
+        s: Annotated[Session, Depends(needs(api=True))],
+        period: Period = "day",
+        count: Annotated[int, Query(ge=1, le=MAX_COUNT)] = 31,
+    ) -> dict[str, Any]:
+        """Energy (kWh) and cost (€) by local day, ISO week or month, oldest first."""
+        return {"period": period, "buckets": [asdict(b) for b in await box.history(period, count)]}
+
+    # --- devices -------------------------------------------------------------------------------
+
+    def devices_page(request: Request, s: Session, status: int = 200, **ctx: Any) -> Response:
+        return page(request, "devices.html", status, session=s, devices=box.devices(),
+                    templates=box.templates(), **ctx)  # fmt: skip
+
+    @app.get("/devices", response_class=HTMLResponse, include_in_schema=False)
+    def devices(request: Request, s: Annotated[Session, Depends(needs())]) -> Response:
+        return devices_page(request, s)
+
+    @app.get("/api/devices")
+    def api_devices(s: Annotated[Session, Depends(needs(api=True))]) -> list[dict[str, Any]]:
+        """Each device's state, the time of its last good reading and what is wrong with it."""
+        return [asdict(d) for d in box.devices()]
+
+    @app.post("/devices/permit-join", include_in_schema=False)
+    async def permit_join(
+        request: Request,
+        s: Annotated[Session, Depends(needs(Role.INSTALLER))],
+        seconds: Annotated[int, Form(ge=0, le=254)] = 120,
+    ) -> Response:
+        try:
+            await box.permit_join(seconds)
+        except (DeviceError, ValueError) as exc:
+            return devices_page(request, s, 409, error=f"pairing could not start: {exc}")
+        note = (f"The box accepts new Zigbee devices for {seconds} s: put the device in pairing "
+                "mode now." if seconds else "Pairing closed.")  # fmt: skip
+        return devices_page(request, s, note=note)
+
+    @app.post("/devices/modbus", include_in_schema=False)
+    async def modbus(
+        request: Request,
+        s: Annotated[Session, Depends(needs(Role.INSTALLER))],
+        id: Annotated[str, Form(max_length=40)] = "",
+        template: Annotated[str, Form(max_length=64)] = "",
+        host: Annotated[str, Form(max_length=253)] = "",
+        port: Annotated[str, Form(max_length=5)] = "502",
+        unit: Annotated[str, Form(max_length=3)] = "1",
+        add: Annotated[str, Form(max_length=3)] = "",
+    ) -> Response:
+        typed = {"id": id, "template": template, "host": host, "port": port, "unit": unit}
+        try:
+            cfg = ModbusDeviceConfig.model_validate({"protocol": "modbus", **typed})
+        except ValidationError as exc:
+            words = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            return devices_page(request, s, 400, error=words, typed=typed)
+        if template not in box.templates():
+            return devices_page(request, s, 400, error=f"template: no template {template!r}",
+                                typed=typed)  # fmt: skip
+        problems = await box.test_modbus(cfg)
+        if problems:
+            return devices_page(
+                request,
+                s,
+                400,
+                typed=typed,
+                error="The connection test failed: " + "; ".join(problems),
+            )
+        if add != "yes":
+            return devices_page(
+                request, s, typed=typed, note=f"{host}:{port} unit {unit} answers as a {template}."
+            )
+        try:
+            box.add_modbus(cfg)
+        except ValueError as exc:
+            return devices_page(request, s, 400, error=str(exc), typed=typed)
+        return devices_page(request, s, note=f"{id} added: it is read from now on.")
+
+    # --- preferences ---------------------------------------------------------------------------
+
+    def preferences_page(request: Request, s: Session, status: int = 200, **ctx: Any) -> Response:
+        devices = box.planned_devices()
+        current = {d.id: choice_of(d) for d in devices}
+        return page(request, "preferences.html", status, session=s, devices=devices,
+                    current=current, bands=forms.MAX_BANDS, **ctx)  # fmt: skip
+
+    @app.get("/preferences", response_class=HTMLResponse, include_in_schema=False)
+    def preferences(request: Request, s: Annotated[Session, Depends(needs())]) -> Response:
+        return preferences_page(request, s)
+
+    @app.post("/preferences", include_in_schema=False)
+    async def save_preferences(
+        request: Request, s: Annotated[Session, Depends(needs(Role.OWNER))]
+    ) -> Response:
+        form = await request.form()
+        try:
+            prefs = forms.preferences(form, box.planned_devices(), box.preferences())
+            before = box.set_preferences(prefs, f"preferences changed by {s.user}")
+        except (forms.FormError, PreferenceError) as exc:
+            return preferences_page(request, s, 400, error=str(exc), typed=dict(form))
+        fresh = await box.wait_for_plan(before)
+        return RedirectResponse(f"/plan?changed={'yes' if fresh else 'pending'}", 303)
+
+    @app.get("/api/preferences")
+    def api_preferences(s: Annotated[Session, Depends(needs(api=True))]) -> Preferences:
+        """The owner's choices (those that replace the installer's values) and consents."""
+        return box.preferences()
+
+    @app.post("/api/preferences")
+    async def api_set_preferences(
+        prefs: Preferences, s: Annotated[Session, Depends(needs(Role.OWNER, api=True))]
+    ) -> dict[str, Any]:
+        """Replace the owner's choices; the home is planned again with them. `planned` is
+        false when the new plan was not ready in time (it follows)."""
+        try:
+            before = box.set_preferences(prefs, f"preferences changed by {s.user}")
+        except PreferenceError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"planned": await box.wait_for_plan(before)}
+
+    # --- neighbourhood -------------------------------------------------------------------------
+
+    def today() -> Any:
+        return datetime.fromtimestamp(box.now() + box.utc_offset_h * 3600, UTC).date()
+
+    @app.get("/neighbourhood", response_class=HTMLResponse, include_in_schema=False)
+    def neighbourhood(request: Request, s: Annotated[Session, Depends(needs())]) -> Response:
+        return page(request, "neighbourhood.html", session=s, n=box.neighbourhood(),
+                    choice=box.preferences().neighbourhood, today=today())  # fmt: skip
+
+    @app.post("/neighbourhood", include_in_schema=False)
+    async def save_neighbourhood(
+        request: Request, s: Annotated[Session, Depends(needs(Role.OWNER))]
+    ) -> Response:
+        form = await request.form()
+        current = box.preferences()
+        try:
+            choice = forms.neighbourhood(form, current.neighbourhood, today())
+        except forms.FormError as exc:
+            return page(request, "neighbourhood.html", 400, session=s, n=box.neighbourhood(),
+                        choice=current.neighbourhood, today=today(), error=str(exc))  # fmt: skip
+        box.set_preferences(current.model_copy(update={"neighbourhood": choice}),
+                            f"neighbourhood choices changed by {s.user}")  # fmt: skip
+        return RedirectResponse("/neighbourhood", 303)
+
+    @app.get("/api/neighbourhood")
+    def api_neighbourhood(s: Annotated[Session, Depends(needs(api=True))]) -> dict[str, Any]:
+        """The aggregator, the orders the home took and what they earned (€)."""
+        return asdict(box.neighbourhood())
+
+    @app.post("/api/neighbourhood")
+    def api_set_neighbourhood(
+        choice: Neighbourhood, s: Annotated[Session, Depends(needs(Role.OWNER, api=True))]
+    ) -> Neighbourhood:
+        """Take part or not (always, or not on some days) and what data may leave the house."""
+        current = box.preferences()
+        box.set_preferences(current.model_copy(update={"neighbourhood": choice}),
+                            f"neighbourhood choices changed by {s.user}")  # fmt: skip
+        return choice
+
+    # --- suggestions ---------------------------------------------------------------------------
+
+    @app.get("/suggestions", response_class=HTMLResponse, include_in_schema=False)
+    async def suggestions(request: Request, s: Annotated[Session, Depends(needs())]) -> Response:
+        return page(request, "suggestions.html", session=s, items=await box.suggestions())
+
+    @app.get("/api/suggestions")
+    async def api_suggestions(
+        s: Annotated[Session, Depends(needs(api=True))],
+    ) -> list[dict[str, Any]]:
+        """What would lower the bill, from the home's own data, with the saving it would bring."""
+        return [asdict(x) for x in await box.suggestions()]
 
     # --- API -----------------------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import uvicorn
 
 from homeflex.edge.web.accounts import Accounts
-from homeflex.edge.web.app import Box, create_app
+from homeflex.edge.web.app import create_app
+from homeflex.edge.web.box import Box
 from homeflex.security import SecurityLog
 
 log = logging.getLogger(__name__)

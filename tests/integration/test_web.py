@@ -18,9 +18,16 @@ import pytest
 from argon2 import PasswordHasher
 from cryptography import x509
 
+from homeflex.edge.config import ModbusDeviceConfig
+from homeflex.edge.devices.capabilities import DeviceError
+from homeflex.edge.preferences import Preferences
 from homeflex.edge.web.accounts import MAX_FAILURES, Accounts, Role
-from homeflex.edge.web.app import MAX_BODY, Box
+from homeflex.edge.web.app import MAX_BODY
+from homeflex.edge.web.box import DeviceRow, Neighbourhood
+from homeflex.edge.web.history import Bucket, Period
+from homeflex.edge.web.plan_view import PlanView
 from homeflex.edge.web.server import bind, serve, write_setup_code
+from homeflex.edge.web.suggestions import Suggestion
 from homeflex.pki.identity import Identity
 from homeflex.pki.identity import Role as PkiRole
 from homeflex.security import SecurityLog, read_events
@@ -31,6 +38,65 @@ LIVE = {"flows": {"grid": 1234.0, "pv": -2100.0, "battery": 500.0, "house": 2834
         "read_at": 1_768_000_000.0}  # fmt: skip
 OWNER, PASSWORD = "anna", "lentils-and-rice-42"
 FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+class StillBox:
+    """A box without a home or devices whose power stands still: what the security tests need."""
+
+    gateway_id = "box-17"
+    utc_offset_h = 0.0
+
+    def __init__(self) -> None:
+        self.prefs = Preferences()
+
+    def now(self) -> float:
+        return 1_768_000_000.0
+
+    def live(self) -> dict[str, Any]:
+        return LIVE
+
+    def plan(self) -> PlanView | None:
+        return None
+
+    def plan_problem(self) -> str:
+        return "this box plans no home: it only records its devices"
+
+    async def wait_for_plan(self, after_solve: int) -> bool:
+        return False
+
+    async def history(self, period: Period, count: int) -> list[Bucket]:
+        return []
+
+    def devices(self) -> list[DeviceRow]:
+        return []
+
+    def templates(self) -> list[str]:
+        return []
+
+    async def permit_join(self, seconds: int) -> None:
+        raise DeviceError("this box has no Zigbee radio")
+
+    async def test_modbus(self, cfg: ModbusDeviceConfig) -> list[str]:
+        return ["no devices here"]
+
+    def add_modbus(self, cfg: ModbusDeviceConfig) -> None:
+        raise ValueError("no devices here")
+
+    def preferences(self) -> Preferences:
+        return self.prefs
+
+    def planned_devices(self) -> list[Any]:
+        return []
+
+    def set_preferences(self, prefs: Preferences, why: str) -> int:
+        self.prefs = prefs
+        return 0
+
+    def neighbourhood(self) -> Neighbourhood:
+        return Neighbourhood(False, False, "", 0, [], 0.0)
+
+    async def suggestions(self) -> list[Suggestion]:
+        return []
 
 
 @dataclass
@@ -59,7 +125,7 @@ async def web(tmp_path: Path, creds: CredsFactory) -> AsyncIterator[Web]:  # noq
     code = path.read_text().strip()
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    task = asyncio.create_task(serve(Box("box-17", lambda: LIVE), accounts, security, sock,
+    task = asyncio.create_task(serve(StillBox(), accounts, security, sock,
                                      box.cert_path, box.key_path))  # fmt: skip
     # the client checks the chain to the fleet CA; the box is reached by address, so the name
     # is checked on the certificate's identity instead (test_the_page_is_served_with...)
