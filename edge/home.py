@@ -98,7 +98,8 @@ class PriceFile(Strict):
 
 def _spec_errors(exc: ValidationError) -> str:
     return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or e['msg']}: {e['msg']}" for e in exc.errors()
+        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+        for e in exc.errors()
     )
 
 

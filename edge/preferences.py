@@ -129,10 +129,11 @@ def apply(home: HomeConfig, prefs: Preferences) -> HomeConfig:
 
 
 def _words(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
-        for e in exc.errors()
-    )
+    def words(e: Any) -> str:
+        msg = str(e["msg"]).replace("Value error, ", "")
+        return f"{'.'.join(map(str, e['loc']))}: {msg}" if e["loc"] else msg
+
+    return "; ".join(words(e) for e in exc.errors())
 
 
 class PreferenceFile:

@@ -68,9 +68,7 @@ def device_choices(form: Mapping[str, Any], devices: list[Any]) -> dict[str, dic
                 low = _number(form, f"{p}.band{i}.min", 5, 30)
                 high = _number(form, f"{p}.band{i}.max", 5, 30)
                 if low > high:
-                    raise FormError(
-                        f"{p}.band{i}.min", f"{low:g} °C is above the highest, {high:g}"
-                    )
+                    raise FormError(f"{p}.band{i}.min", f"{low:g} °C is above {high:g}")
                 bands.append({"start": _time(form, f"{p}.band{i}.start"), "t_min_c": low,
                               "t_max_c": high})  # fmt: skip
             if not bands:

@@ -14,6 +14,7 @@ from homeflex.edge.cems import HomeBrain
 from homeflex.edge.planner.flexibility import envelope
 from homeflex.edge.planner.inputs import FlexOrder as PlannedOrder
 from homeflex.edge.planner.inputs import PlanInputs
+from homeflex.edge.preferences import Neighbourhood
 
 DAY = date(2026, 1, 15)
 EVENING = [76, 77, 78, 79]
@@ -231,3 +232,40 @@ def test_a_changed_plan_is_sent_as_a_revision_only_when_a_coming_ptu_moved() -> 
     assert isinstance(out.message, PPlan) and out.message.revision == 1
     assert out.message.net_kw[60] == pytest.approx(big[60] / 1000)
     assert out.key == f"plan:{prices().round}:1"
+
+
+def test_on_a_day_the_owner_sits_out_the_home_sends_its_plan_offers_nothing_and_takes_no_order() -> (
+    None
+):
+    choice = Neighbourhood(skip_days=[DAY])
+    b = HomeBrain("home-1", "agr-1", make_inputs, offer_ptus=EVENING, choices=lambda: choice)
+    ack, out = b.on_message("agr-1", prices(), 0.0)
+    assert ack.status == "ok"
+    plan_msg, offer_msg = (o.message for o in out)
+    assert isinstance(plan_msg, PPlan) and isinstance(offer_msg, FlexOffer)
+    assert offer_msg.blocks == []
+    # the same P-plan as a home taking part: sitting out changes what is offered, not the plan
+    taking_part = brain()
+    _, theirs = taking_part.on_message("agr-1", prices(), 0.0)
+    assert isinstance(theirs[0].message, PPlan)
+    assert plan_msg.net_kw == pytest.approx(theirs[0].message.net_kw, abs=1e-3)
+    order = FlexOrder(round=prices().round, id="o-1", day=DAY, offer="home-1.x", direction="up",
+                      profile_kw={EVENING[0]: 0.5}, price=0.3)  # fmt: skip
+    ack, out = b.on_message("agr-1", order, 1.0)
+    assert (ack.status, ack.detail, out) == (
+        "refused",
+        "the owner does not take part on 2026-01-15",
+        [],
+    )
+    assert b.binding() == []
+    # another day: the home takes part again
+    assert choice.takes_part(DAY + timedelta(days=1)) is None
+
+
+def test_without_consent_to_share_its_plan_the_home_sends_nothing() -> None:
+    choice = Neighbourhood(share_plan=False)
+    b = HomeBrain("home-1", "agr-1", make_inputs, offer_ptus=EVENING, choices=lambda: choice)
+    ack, out = b.on_message("agr-1", prices(), 0.0)
+    assert out == [] and ack.status == "ok"
+    assert ack.detail == "not answered: the owner does not consent to sharing the home's plan"
+    assert b.answered == {}
