@@ -8,7 +8,9 @@ cd "$(dirname "$0")"
 
 PY=${PYTHON:-python3}
 VENV=.venv
-APT_PACKAGES=(mosquitto prosody)   # system packages the tests need: mosquitto (MQTT broker), prosody (XMPP)
+# system packages the tests need: mosquitto (MQTT broker), prosody (XMPP), chromium (tests/e2e,
+# driven by Playwright; no font package: Chromium's fontconfig pulls in fonts-dejavu-core)
+APT_PACKAGES=(mosquitto prosody chromium)
 
 setup() {
     if [ ${#APT_PACKAGES[@]} -gt 0 ]; then

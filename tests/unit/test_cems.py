@@ -234,9 +234,7 @@ def test_a_changed_plan_is_sent_as_a_revision_only_when_a_coming_ptu_moved() -> 
     assert out.key == f"plan:{prices().round}:1"
 
 
-def test_on_a_day_the_owner_sits_out_the_home_sends_its_plan_offers_nothing_and_takes_no_order() -> (
-    None
-):
+def test_on_a_day_the_owner_sits_out_the_home_sends_its_plan_and_offers_and_takes_nothing() -> None:
     choice = Neighbourhood(skip_days=[DAY])
     b = HomeBrain("home-1", "agr-1", make_inputs, offer_ptus=EVENING, choices=lambda: choice)
     ack, out = b.on_message("agr-1", prices(), 0.0)
