@@ -452,6 +452,20 @@ class Store:
             )
         ]
 
+    def ptu_rows(
+        self, device: str, start: float, end: float
+    ) -> list[tuple[int, float, float, int]]:
+        """The rows of ptu_energy as plain tuples (ptu_start_ms, import_wh, export_wh,
+        estimated): for reading a year at once (the History page), where building an object
+        per row costs more than the query."""
+        rows: list[tuple[int, float, float, int]] = self._db.execute(
+            "SELECT ptu_start_ms, import_wh, export_wh, estimated FROM ptu"
+            " WHERE device = (SELECT id FROM devices WHERE name = ?)"
+            " AND ptu_start_ms >= ? AND ptu_start_ms < ? ORDER BY ptu_start_ms",
+            [device, _ms(start), _ms(end)],
+        ).fetchall()
+        return rows
+
     def events(self, device: str, start: float, end: float) -> list[QualityEvent]:
         """Data-quality events of `device` with start <= ts < end, oldest first."""
         return [

@@ -18,7 +18,6 @@ from html import escape
 from typing import Literal, Protocol
 
 from homeflex.clock import PTU_SECONDS
-from homeflex.edge.store import PtuEnergy
 
 Period = Literal["day", "week", "month"]
 
@@ -38,7 +37,9 @@ class PtuPrices(Protocol):
 class PtuSource(Protocol):
     """What the History needs of the store (homeflex.edge.store.Store is one)."""
 
-    def ptu_energy(self, device: str, start: float, end: float) -> list[PtuEnergy]: ...
+    def ptu_rows(
+        self, device: str, start: float, end: float
+    ) -> list[tuple[int, float, float, int]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,29 +153,31 @@ def history(
     ptus = [0] * n
 
     # Rows come oldest first: walk the bucket bounds along with them, once.
-    b, next_bound = 0, bounds[1]
-    for r in store.ptu_energy(meter_id, begin, end):
-        while r.ptu_start >= next_bound:
+    bounds_ms = [b * 1000 for b in bounds]
+    first_ms, ptu_ms = first_ptu * 1000, PTU_SECONDS * 1000
+    b, next_bound = 0, bounds_ms[1]
+    for start_ms, imp, exp, est in store.ptu_rows(meter_id, begin, end):
+        while start_ms >= next_bound:
             b += 1
-            next_bound = bounds[b + 1]
-        t = round((r.ptu_start - first_ptu) / PTU_SECONDS)
-        imported[b] += r.import_wh
-        exported[b] += r.export_wh
-        cost[b] += r.import_wh * imp_price[t] - r.export_wh * exp_price[t]
-        estimated[b] |= r.estimated
+            next_bound = bounds_ms[b + 1]
+        t = round((start_ms - first_ms) / ptu_ms)
+        imported[b] += imp
+        exported[b] += exp
+        cost[b] += imp * imp_price[t] - exp * exp_price[t]
+        estimated[b] |= bool(est)
         ptus[b] += 1
     for pv in pv_ids:
-        b, next_bound = 0, bounds[1]
-        for r in store.ptu_energy(pv, begin, end):
-            while r.ptu_start >= next_bound:
+        b, next_bound = 0, bounds_ms[1]
+        for start_ms, imp, exp, est in store.ptu_rows(pv, begin, end):
+            while start_ms >= next_bound:
                 b += 1
-                next_bound = bounds[b + 1]
+                next_bound = bounds_ms[b + 1]
             # An inverter's production is its export; at night it draws a little (import), which
             # is part of the home's use, seen by the meter: it does not make production negative.
-            made = r.export_wh - r.import_wh
+            made = exp - imp
             if made > 0:
                 produced[b] += made
-            estimated[b] |= r.estimated
+            estimated[b] |= bool(est)
 
     return [
         Bucket(
