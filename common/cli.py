@@ -84,6 +84,19 @@ def _fmt_time(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+@edge.command("report")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+def edge_report(config_path: Path) -> None:
+    """The installer's report: the web page's address, the setup code and the fingerprint of
+    the box's certificate, for the owner."""
+    from homeflex.edge.web.report import installer_report
+
+    try:
+        click.echo(installer_report(_gateway_config(config_path)))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @edge.command("status")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
