@@ -144,6 +144,8 @@ class Gateway:
                 self.home.cfg.meter,
                 self.home.make_inputs,
                 self._planner,
+                # readings are taken in once a cycle: fresh for a few cycles at least
+                reading_max_age_s=max(60.0, STALE_POLLS * self.home.cfg.cycle_s),
                 device_max_age_s={d.id: STALE_POLLS * d.poll_s for d in self.cfg.devices},
             )
         if self.zigbee is not None:

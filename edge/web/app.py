@@ -131,7 +131,8 @@ def create_app(box: Box, accounts: Accounts, security: SecurityLog) -> Asgi:
         "—" if ts is None else f"{local(ts, box.utc_offset_h):{fmt}}"
     )
     static = Path(str(resources.files("homeflex.edge.web") / "static"))
-    app.mount("/static", StaticFiles(directory=static), name="static")
+    # follow_symlink: an editable install links the files one by one
+    app.mount("/static", StaticFiles(directory=static, follow_symlink=True), name="static")
 
     @app.middleware("http")
     async def headers(

@@ -209,7 +209,7 @@ def gantt_svg(pv: PlanView, utc_offset_h: float) -> str:
         x = LABEL_W + t * x_per_ptu
         out.append(f'<line x1="{x:.1f}" y1="{TOP - 6}" x2="{x:.1f}" y2="{height - 10}" '
                    'stroke="#bbb" stroke-width="1"/>')  # fmt: skip
-        if clock.hour % 3 == 0 and t < pv.ptus:
+        if clock.hour % 3 == 0 and t <= pv.ptus - 8:  # room for the label
             out.append(f'<text x="{x + 2:.1f}" y="{TOP - 10}" font-size="12" fill="#111">'
                        f"{clock:%H:%M}</text>")  # fmt: skip
     for dev, i in rows.items():

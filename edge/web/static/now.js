@@ -10,7 +10,10 @@ async function refresh() {
       const w = now.flows[cell.dataset.flow];
       cell.textContent = (w === null || w === undefined) ? "—" : Math.round(w).toString();
     }
-    document.querySelector("[data-read-at]").textContent = now.read_at || "—";
+    const at = document.querySelector("[data-read-at]");
+    // the box's local time, as the page was drawn: seconds since 1970 plus its UTC offset
+    const local = now.read_at && new Date((now.read_at + 3600 * Number(at.dataset.utcOffsetH)) * 1000);
+    at.textContent = local ? local.toISOString().slice(11, 19) : "—";
   } catch (e) { /* the box is restarting: try again next time */ }
 }
 setInterval(refresh, 3000);
