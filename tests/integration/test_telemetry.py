@@ -5,6 +5,7 @@ every reading the box stored reaches the history exactly once."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -366,3 +367,32 @@ def test_the_ingest_command_refuses_bad_batches_over_the_broker_and_goes_on(
         assert history.check_integrity() == []
     finally:
         history.close()
+
+
+def test_without_the_owners_consent_no_reading_leaves_the_box(
+    cloud: Cloud, creds: CredsFactory, tmp_path: Path
+) -> None:
+    """The owner said no (preferences.json, set on the web page): the box records its home as
+    ever, its outbox is emptied as it fills and the cloud receives nothing."""
+    box = creds(BOX_ID)
+    (tmp_path / "gateway").mkdir()
+    (tmp_path / "gateway" / "preferences.json").write_text(
+        json.dumps({"neighbourhood": {"share_telemetry": False}})
+    )
+    store_db = tmp_path / "gateway" / "store.db"
+    with run_sim(HOME_FILE, tmp_path, speed=600.0, start=START) as sim:
+        gw = start_gateway(tmp_path, sim, box, cloud.broker.port)
+        try:
+            wait_for_log(tmp_path / "gateway.log", "gateway sim-detached:", 1)
+            deadline = time.monotonic() + 60
+            while len(box_readings(store_db)) < 500:  # some minutes of the home recorded
+                assert time.monotonic() < deadline and gw.poll() is None
+                time.sleep(0.2)
+            while outbox_size(store_db) > 0:  # emptied within the uplink's round (0.2 s)
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            gw.send_signal(signal.SIGTERM)
+            gw.wait(30)
+    assert cloud.store.readings(cloud.keys.pid(BOX_ID.name), 0, 2**62) == []
+    assert "telemetry: withheld by the owner" in (tmp_path / "gateway.log").read_text()
