@@ -270,9 +270,31 @@ def create_app(box: Box, accounts: Accounts, security: SecurityLog) -> Asgi:
     def security_page(
         request: Request, s: Annotated[Session, Depends(needs(Role.OWNER))]
     ) -> Response:
+        return security_view(request, s)
+
+    def security_view(request: Request, s: Session, status: int = 200, **ctx: Any) -> Response:
         events = security.events()[-50:][::-1]
-        return page(request, "security.html", session=s, events=events,
-                    sessions=accounts.sessions())  # fmt: skip
+        return page(request, "security.html", status, session=s, events=events,
+                    sessions=accounts.sessions(), users=accounts.users(), **ctx)  # fmt: skip
+
+    @app.post("/accounts", include_in_schema=False)
+    def add_account(
+        request: Request,
+        s: Annotated[Session, Depends(needs(Role.OWNER))],
+        user: Annotated[str, Form(max_length=64)] = "",
+        password: Annotated[str, Form(max_length=256)] = "",
+        role: Annotated[str, Form(max_length=16)] = "",
+    ) -> Response:
+        """An account for the installer or a reader (the owner's own comes with the claim)."""
+        if role not in (Role.INSTALLER, Role.READER):
+            return security_view(
+                request, s, 400, error=f"role: {role!r} is not installer or reader"
+            )
+        try:
+            accounts.add_user(s, user, password, Role(role))
+        except Refused as exc:
+            return security_view(request, s, 400, error=str(exc))
+        return security_view(request, s, note=f"{user} can log in now, as {role}.")
 
     # --- plan ----------------------------------------------------------------------------------
 

@@ -284,8 +284,50 @@ async def test_unauthenticated_and_wrong_role_calls_are_refused(web: Web) -> Non
         assert (await c.get("/api/now")).status_code == 200  # a reader reads
         refused = await c.get("/security")
         assert refused.status_code == 403 and "ben is reader" in refused.text
+        headers = {"X-CSRF-Token": (await c.get("/api/session")).json()["csrf"]}
+        for path in ("/devices/permit-join", "/preferences", "/neighbourhood", "/accounts"):
+            assert (await c.post(path, headers=headers)).status_code == 403, path
+    # the installer: devices yes, the owner's choices and accounts no
+    async with web.client() as c:
+        await claimed_owner_adds(c, web, "carl", "an-installer-password", "installer")
+    async with web.client() as c:
+        await login(c, "carl", "an-installer-password")
+        headers = {"X-CSRF-Token": (await c.get("/api/session")).json()["csrf"]}
+        pairing = await c.post("/devices/permit-join", headers=headers, data={"seconds": "60"})
+        assert pairing.status_code == 409  # allowed, and this box has no radio to open
+        assert "pairing could not start: this box has no Zigbee radio" in pairing.text
+        for path in ("/preferences", "/neighbourhood", "/accounts"):
+            assert (await c.post(path, headers=headers)).status_code == 403, path
+        refused = await c.post("/api/preferences", headers=headers, json={})
+        assert refused.status_code == 403
     assert len(web.events("web-unauthenticated")) == 2
-    assert web.events("web-forbidden") == ["GET /security: ben is reader, not owner"]
+    assert web.events("web-forbidden") == [
+        "GET /security: ben is reader, not owner",
+        "POST /devices/permit-join: ben is reader, not installer",
+        "POST /preferences: ben is reader, not owner",
+        "POST /neighbourhood: ben is reader, not owner",
+        "POST /accounts: ben is reader, not owner",
+        "POST /preferences: carl is installer, not owner",
+        "POST /neighbourhood: carl is installer, not owner",
+        "POST /accounts: carl is installer, not owner",
+        "POST /api/preferences: carl is installer, not owner",
+    ]
+    assert web.events("web-account")[-1] == "anna added installer 'carl'"
+
+
+async def claimed_owner_adds(
+    c: httpx.AsyncClient, web: Web, user: str, password: str, role: str
+) -> None:
+    """The owner (the box claimed already) adds an account on the Security page."""
+    await login(c, OWNER, PASSWORD)
+    page = await c.get("/security")
+    bad = await c.post("/accounts", data={"user": user, "password": password, "role": "owner",
+                                          "csrf": csrf_of(page)})  # fmt: skip
+    assert bad.status_code == 400 and "role: &#39;owner&#39; is not installer or reader" in bad.text
+    added = await c.post("/accounts", data={"user": user, "password": password, "role": role,
+                                            "csrf": csrf_of(page)})  # fmt: skip
+    assert added.status_code == 200 and f"{user} can log in now, as {role}." in added.text
+    assert f"<li>{user} ({role})</li>" in added.text
 
 
 async def raw(web: Web, request: bytes) -> bytes:
