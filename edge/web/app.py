@@ -491,7 +491,7 @@ def create_app(box: Box, accounts: Accounts, security: SecurityLog) -> Asgi:
         return asdict(box.neighbourhood())
 
     @app.post("/api/neighbourhood")
-    def api_set_neighbourhood(
+    async def api_set_neighbourhood(
         choice: Neighbourhood, s: Annotated[Session, Depends(needs(Role.OWNER, api=True))]
     ) -> Neighbourhood:
         """Take part or not (always, or not on some days) and what data may leave the house."""

@@ -1,6 +1,8 @@
 """What the web page shows of its gateway and may change in it (`Box`), and `GatewayBox`, the
-gateway's side. Everything here runs on the gateway's event loop (the page's routes that call
-it are `async`); store reads go to the store's own thread."""
+gateway's side. Reads may come from the server's worker threads (the page's plain `def`
+routes): they only look at objects the loop replaces whole. What changes the gateway
+(`set_preferences`, `add_modbus`, `permit_join`) and what waits on it is called from `async`
+routes, on the gateway's own event loop; store reads go to the store's own thread."""
 
 from __future__ import annotations
 
