@@ -97,13 +97,14 @@ class Uplink:
         One warning per outage; never an exception out of here."""
         backoff = 1.0
         while True:
-            self.stats.withheld = not self.consent()
-            if self.stats.withheld:
-                self.stats.outbox = 0
-                if await self._db(self.store.outbox_clear):
-                    log.info("telemetry: withheld by the owner; the outbox was emptied")
+            if not self.consent():
+                if not self.stats.withheld:
+                    log.info("telemetry: withheld by the owner; nothing leaves the box")
+                self.stats.withheld, self.stats.outbox = True, 0
+                await self._db(self.store.outbox_clear)
                 await asyncio.sleep(self.cfg.every_s)
                 continue
+            self.stats.withheld = False
             link: MqttLink | None = None
             try:
                 link = await asyncio.to_thread(self._connect, asyncio.get_running_loop())
