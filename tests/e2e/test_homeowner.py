@@ -86,6 +86,9 @@ async def test_the_owner_claims_the_box_sees_its_power_and_logs_out_and_in(
     await expect(page).to_have_url(box.url + "plan?changed=yes")
     await expect(page.get_by_role("status")).to_contain_text("planned again with your change")
     await shot(page, "plan-changed")
+    await page.set_viewport_size(PHONE)
+    await shot(page, "plan-phone")
+    await page.set_viewport_size(DESKTOP)
     assert box.gw.control is not None and box.gw.control.current is not None
     (ev,) = [d for d in box.gw.control.current[1].devices if d.id == "ev"]
     # what the car still needs: the new target less what it took since it was plugged in
