@@ -244,7 +244,8 @@ class Gateway:
 
     async def _control_poll(self) -> list[Reading]:
         """The control loop's input: the readings taken since its last cycle (the pollers' own,
-        no second poll). New prices and, once per PTU, the history are taken in first."""
+        no second poll). New prices and, once per PTU, the history are taken in first, and the
+        PTU's prices recorded."""
         assert self.home is not None and self.control is not None
         readings, self._for_control = self._for_control, []
         if self.home.prices.reload():
@@ -253,6 +254,9 @@ class Gateway:
         if self.store is not None and self._history_ptu != ptu_start(now):
             try:
                 self.home.history = await self._db(self.home.load_history, self.store, now)
+                # the PTU's prices as they are now: what its energy costs (the History page)
+                (imp,), (exp,) = self.home.prices.horizon(ptu_start(now), 1)
+                await self._db(self.store.record_prices, ptu_start(now), imp, exp)
                 self._history_ptu = ptu_start(now)
             except Exception:  # plan on the history we have; try again next cycle
                 log.exception("control: could not read the history from the store")

@@ -86,7 +86,19 @@ def _v2_outbox(db: Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox]
+def _v3_prices(db: Database) -> None:
+    # The prices each PTU had when it began (€/kWh), as the box knew them: the price file is
+    # replaced day by day, and the History's costs must not change with it.
+    db.execute(
+        """CREATE TABLE prices (
+            ptu_start_ms INTEGER PRIMARY KEY,
+            import_eur_kwh REAL NOT NULL,
+            export_eur_kwh REAL NOT NULL
+        ) STRICT"""
+    )
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox, _v3_prices]
 """MIGRATIONS[i] takes the schema from version i to version i + 1."""
 
 LATEST = len(MIGRATIONS)

@@ -466,6 +466,26 @@ class Store:
         ).fetchall()
         return rows
 
+    def record_prices(self, ptu_start: float, import_eur: float, export_eur: float) -> None:
+        """The prices of the PTU from `ptu_start`, as in force when it began (kept: a later price
+        file does not change what that PTU cost)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO prices VALUES (?, ?, ?)",
+                [_ms(ptu_start), import_eur, export_eur],
+            )
+
+    def prices(self, start: float, end: float) -> dict[int, tuple[float, float]]:
+        """ptu_start_ms → (import, export) €/kWh of the PTUs recorded in [start, end)."""
+        return {
+            ms: (imp, exp)
+            for ms, imp, exp in self._db.execute(
+                "SELECT ptu_start_ms, import_eur_kwh, export_eur_kwh FROM prices"
+                " WHERE ptu_start_ms >= ? AND ptu_start_ms < ?",
+                [_ms(start), _ms(end)],
+            )
+        }
+
     def events(self, device: str, start: float, end: float) -> list[QualityEvent]:
         """Data-quality events of `device` with start <= ts < end, oldest first."""
         return [

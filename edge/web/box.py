@@ -16,7 +16,7 @@ from homeflex.edge.devices.capabilities import DeviceError
 from homeflex.edge.devices.modbus import ModbusDevice, ModbusLink
 from homeflex.edge.devices.templates import BUILTIN_DIR, load_modbus_template
 from homeflex.edge.preferences import Preferences
-from homeflex.edge.web.history import Bucket, Period, history
+from homeflex.edge.web.history import Bucket, Period, RecordedPrices, history
 from homeflex.edge.web.plan_view import PlanView, view
 from homeflex.edge.web.suggestions import Suggestion, suggest
 
@@ -134,8 +134,9 @@ class GatewayBox:
         pv = [d.id for d in home.cfg.devices if d.kind == "pv"]
         until = gw.clock.now()
         store, meter, offset = gw.store, home.cfg.meter, self.utc_offset_h
+        prices = RecordedPrices(store, home.prices)
         result: list[Bucket] = await gw._db(
-            lambda: history(store, meter, pv, home.prices, offset, period, until, count)
+            lambda: history(store, meter, pv, prices, offset, period, until, count)
         )
         return result
 

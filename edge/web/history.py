@@ -42,6 +42,28 @@ class PtuSource(Protocol):
     ) -> list[tuple[int, float, float, int]]: ...
 
 
+class PriceRecord(Protocol):
+    def prices(self, start: float, end: float) -> dict[int, tuple[float, float]]: ...
+
+
+class RecordedPrices:
+    """The prices recorded for past PTUs as they began (Store.record_prices), and `fallback`'s
+    (the price file the box holds now, or its flat tariff) where none was recorded: the box was
+    off then, or the PTU has not begun."""
+
+    def __init__(self, record: PriceRecord, fallback: PtuPrices) -> None:
+        self.record = record
+        self.fallback = fallback
+
+    def horizon(self, start: float, ptus: int) -> tuple[Sequence[float], Sequence[float]]:
+        imp, exp = (list(x) for x in self.fallback.horizon(start, ptus))
+        for ms, (i, e) in self.record.prices(start, start + ptus * PTU_SECONDS).items():
+            t = round((ms / 1000 - start) / PTU_SECONDS)
+            if 0 <= t < ptus:
+                imp[t], exp[t] = i, e
+        return imp, exp
+
+
 @dataclass(frozen=True, slots=True)
 class Bucket:
     """One day, week or month of the home, in local time, from `start` (a local date).

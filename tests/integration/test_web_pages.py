@@ -170,6 +170,14 @@ async def test_the_history_comes_as_csv_and_the_neighbourhood_choices_are_kept(
     lines = csv.text.splitlines()
     assert lines[0].startswith("day_start,label,imported_kwh") and len(lines) == 3
     assert lines[2].startswith("2026-06-01,2026-06-01,")  # the simulated day, local time
+    # each PTU's prices are kept as it begins (the test home's file: 0.05/0.00 €/kWh in the
+    # first hour, 0.60/0.50 in the second, then the flat 0.25/0.02)
+    assert gw.store is not None
+    recorded = await gw._db(gw.store.prices, T0, T0 + 86400)
+    assert recorded, "no PTU's prices recorded"
+    for ms, pair in recorded.items():
+        hour = (ms / 1000 - T0) // 3600
+        assert pair == ((0.05, 0.0) if hour == 0 else (0.60, 0.50) if hour == 1 else (0.25, 0.02))
     bad = await c.get("/api/history", params={"period": "year"})
     assert bad.status_code == 422 and "period" in bad.json()["detail"]
 

@@ -19,6 +19,7 @@ from homeflex.edge.store import Store
 from homeflex.edge.web.history import (
     DEFAULT_COUNT,
     Bucket,
+    RecordedPrices,
     bar_chart_svg,
     history,
     to_csv,
@@ -315,3 +316,22 @@ def test_prices_file_is_read_once_per_call(
     monkeypatch.setattr(prices, "horizon", counting)
     history(store, "meter", ["pv"], prices, 1, "week", until=T0, count=2)
     assert calls == [(T0 - 7 * DAY - 3600, 14 * 96)]
+
+
+def test_recorded_prices_hold_against_a_later_price_file(tmp_path: Path, prices: Prices) -> None:
+    """3 June's PTUs were recorded at 0.5/0.0 €/kWh as they began (Store.record_prices): the
+    day costs that, not the flat tariff of the file the box holds now; a PTU not recorded
+    falls back to the file."""
+    s = Store.open(tmp_path / "store.db")
+    try:
+        s.write(three_days())
+        day3 = T0 + 2 * DAY
+        for k in range(95):  # all but the day's last PTU
+            s.record_prices(day3 + k * PTU, 0.5, 0.0)
+        recorded = RecordedPrices(s, prices)
+        imp, exp = recorded.horizon(day3 + 94 * PTU, 3)
+        assert (list(imp), list(exp)) == ([0.5, 0.30, 0.30], [0.0, 0.05, 0.05])
+        (day,) = history(s, "meter", ["pv"], recorded, 0, "day", until=day3 + 3600, count=1)
+    finally:
+        s.close()
+    assert day.cost_eur == pytest.approx(95 * 0.1 * 0.5 + 0.1 * 0.30 - 0.0, abs=1e-12)
