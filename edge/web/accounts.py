@@ -192,6 +192,32 @@ class Accounts:
         self.security.record("web-account", by.source, f"{by.user} added {role} {user!r}")
 
     @_locked
+    def remove_user(self, by: Session, user: str) -> None:
+        """The owner removes an installer's or reader's account, and its sessions with it."""
+        row = self._db.execute("SELECT role FROM users WHERE name = ?", (user,)).fetchone()
+        if by.role != Role.OWNER:
+            self._refuse("web-forbidden", by.source, f"{by.user} may not remove accounts")
+        if row is None:
+            raise Refused(f"there is no account {user!r}")
+        if Role(row[0]) == Role.OWNER:
+            raise Refused("the owner's account stays (claim the box again to change owner)")
+        self._db.execute("DELETE FROM sessions WHERE user = ?", (user,))
+        self._db.execute("DELETE FROM users WHERE name = ?", (user,))
+        self.security.record("web-account", by.source, f"{by.user} removed {row[0]} {user!r}")
+
+    @_locked
+    def end_session(self, by: Session, session_id: str) -> None:
+        """The owner ends a session (a lost phone): its cookie no longer opens anything."""
+        if by.role != Role.OWNER:
+            self._refuse("web-forbidden", by.source, f"{by.user} may not end sessions")
+        row = self._db.execute("SELECT user FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise Refused("that session has ended already")
+        self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        self.security.record("web-session-ended", by.source,
+                             f"{by.user} ended a session of {row[0]!r}")  # fmt: skip
+
+    @_locked
     def users(self) -> list[tuple[str, Role]]:
         rows = self._db.execute("SELECT name, role FROM users ORDER BY name")
         return [(name, Role(role)) for name, role in rows]

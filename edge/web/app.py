@@ -296,6 +296,32 @@ def create_app(box: Box, accounts: Accounts, security: SecurityLog) -> Asgi:
             return security_view(request, s, 400, error=str(exc))
         return security_view(request, s, note=f"{user} can log in now, as {role}.")
 
+    @app.post("/accounts/remove", include_in_schema=False)
+    def remove_account(
+        request: Request,
+        s: Annotated[Session, Depends(needs(Role.OWNER))],
+        user: Annotated[str, Form(max_length=64)] = "",
+    ) -> Response:
+        try:
+            accounts.remove_user(s, user)
+        except Refused as exc:
+            return security_view(request, s, 400, error=str(exc))
+        return security_view(request, s, note=f"{user}'s account is removed.")
+
+    @app.post("/sessions/end", include_in_schema=False)
+    def end_session(
+        request: Request,
+        s: Annotated[Session, Depends(needs(Role.OWNER))],
+        session: Annotated[str, Form(max_length=64)] = "",
+    ) -> Response:
+        try:
+            accounts.end_session(s, session)
+        except Refused as exc:
+            return security_view(request, s, 400, error=str(exc))
+        if session == s.id:  # the owner's own: as a logout
+            return RedirectResponse("/login", 303)
+        return security_view(request, s, note="The session is ended.")
+
     # --- plan ----------------------------------------------------------------------------------
 
     @app.get("/plan", response_class=HTMLResponse, include_in_schema=False)

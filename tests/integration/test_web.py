@@ -327,7 +327,7 @@ async def claimed_owner_adds(
     added = await c.post("/accounts", data={"user": user, "password": password, "role": role,
                                             "csrf": csrf_of(page)})  # fmt: skip
     assert added.status_code == 200 and f"{user} can log in now, as {role}." in added.text
-    assert f"<li>{user} ({role})</li>" in added.text
+    assert f"<li>{user} ({role})" in added.text
 
 
 async def raw(web: Web, request: bytes) -> bytes:
@@ -368,3 +368,31 @@ async def test_the_api_is_described(web: Web) -> None:
         spec = (await c.get("/api/openapi.json")).json()
     assert {"/api/now", "/api/session"} <= set(spec["paths"])
     assert not any(p in spec["paths"] for p in ("/login", "/claim", "/logout"))
+
+
+async def test_the_owner_ends_a_session_and_removes_an_account(web: Web) -> None:
+    async with web.client() as owner:
+        await claim(owner, web.code)
+    async with web.client() as c:
+        await claimed_owner_adds(c, web, "ben", "a-reader-password", "reader")
+    async with web.client() as ben, web.client() as owner:
+        await login(ben, "ben", "a-reader-password")
+        assert (await ben.get("/api/now")).status_code == 200
+        await login(owner, OWNER, PASSWORD)
+        page = await owner.get("/security")
+        (ben_session,) = [x for x in web.accounts.sessions() if x.user == "ben"]
+        assert f'name="session" value="{ben_session.id}"' in page.text
+        ended = await owner.post("/sessions/end", data={"session": ben_session.id,
+                                                        "csrf": csrf_of(page)})  # fmt: skip
+        assert ended.status_code == 200 and "The session is ended." in ended.text
+        assert (await ben.get("/api/now")).status_code == 401  # the lost phone is out
+        again = await owner.post("/sessions/end", data={"session": ben_session.id,
+                                                        "csrf": csrf_of(page)})  # fmt: skip
+        assert again.status_code == 400 and "that session has ended already" in again.text
+        mine = await owner.post("/accounts/remove", data={"user": OWNER, "csrf": csrf_of(page)})
+        assert mine.status_code == 400 and "the owner&#39;s account stays" in mine.text
+        gone = await owner.post("/accounts/remove", data={"user": "ben", "csrf": csrf_of(page)})
+        assert gone.status_code == 200 and "<li>ben (reader)" not in gone.text
+        assert (await login(ben, "ben", "a-reader-password")).status_code == 401
+    assert web.events("web-session-ended") == ["anna ended a session of 'ben'"]
+    assert web.events("web-account")[-1] == "anna removed reader 'ben'"
