@@ -37,7 +37,12 @@ def suggest(home: Home, days: list[Bucket], plan: PlanView | None, now: float) -
         s
         for s in (
             standby(home, import_eur),
-            sold_cheap(days, import_eur, export_eur),
+            sold_cheap(
+                days,
+                import_eur,
+                export_eur,
+                [d.id for d in home.cfg.devices if d.kind == "appliance"],
+            ),
             car_window(home, plan),
         )
         if s is not None
@@ -72,7 +77,9 @@ def standby(home: Home, import_eur: float) -> Suggestion | None:
     )
 
 
-def sold_cheap(days: list[Bucket], import_eur: float, export_eur: float) -> Suggestion | None:
+def sold_cheap(
+    days: list[Bucket], import_eur: float, export_eur: float, appliances: list[str]
+) -> Suggestion | None:
     """Energy sold at the export price and bought back at the import price over the days."""
     counted = [b for b in days if b.ptus]
     if not counted:
@@ -83,13 +90,18 @@ def sold_cheap(days: list[Bucket], import_eur: float, export_eur: float) -> Sugg
     if sold < SOLD_KWH_PER_DAY * len(counted) or gap <= 0:
         return None
     movable = min(sold, bought)
+    # what the owner can do: the box's own shiftable appliances, when it plans any
+    how = (
+        f"Later finish-by times for {', '.join(appliances)} let the planner run them in the sun."
+        if appliances
+        else "Loads run around midday (washing, dishwashing, charging) use it at home."
+    )
     yearly = movable * gap * 365 / len(counted)
     return Suggestion(
         "Use more of your own solar power",
         f"In the last {len(counted)} days your home sold {sold:.1f} kWh and bought "
         f"{bought:.1f} kWh; each kWh sold earns about {export_eur:.2f} € and each kWh bought "
-        f"costs {import_eur:.2f} €. Later finish-by times for the washing machine and the "
-        "dishwasher let the planner run them in the sun. Moving all of it would save up to "
+        f"costs {import_eur:.2f} €. {how} Moving all of it would save up to "
         f"{yearly:.0f} € a year.",
         yearly,
         "a year, at most",

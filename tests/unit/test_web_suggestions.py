@@ -37,13 +37,16 @@ def test_a_standby_load_at_night_is_priced_per_100_w(tmp_path: Path) -> None:
 
 
 def test_energy_sold_cheap_and_bought_dear_is_priced_at_the_gap() -> None:
-    assert sold_cheap([day(1, 10, 0.5)], 0.30, 0.05) is None  # sells too little
+    assert sold_cheap([day(1, 10, 0.5)], 0.30, 0.05, []) is None  # sells too little
     days = [day(n, 10.0, 3.0) for n in range(1, 29)]
-    s = sold_cheap(days, 0.30, 0.05)
+    s = sold_cheap(days, 0.30, 0.05, ["washer", "dishwasher"])
     assert s is not None
+    assert "Later finish-by times for washer, dishwasher let the planner run them" in s.detail
+    bare = sold_cheap(days, 0.30, 0.05, [])  # a home without planned appliances
+    assert bare is not None and "finish-by" not in bare.detail
     assert "In the last 28 days your home sold 84.0 kWh and bought 280.0 kWh" in s.detail
     assert s.saving_eur == pytest.approx(84.0 * 0.25 * 365 / 28)
-    assert sold_cheap(days, 0.05, 0.05) is None  # no gap, nothing to gain
+    assert sold_cheap(days, 0.05, 0.05, []) is None  # no gap, nothing to gain
 
 
 def test_the_car_charging_before_a_cheap_night_is_told_its_saving(tmp_path: Path) -> None:
